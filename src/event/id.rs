@@ -1,0 +1,131 @@
+//! Deterministic event ids.
+//!
+//! A redelivery of the same webhook must get the same id, so consumers can drop duplicates, and
+//! two different events must never share one. The id is a UUID (version 8, RFC 9562's layout
+//! for name-based ids of one's own design) built from the first 16 bytes of a SHA-256 over:
+//!
+//! `omnichat-bridge/v1 NUL resource NUL event NUL objectId NUL time NUL updatedAt`
+//!
+//! where `time` is the envelope timestamp (normalized to RFC 3339 UTC milliseconds when
+//! readable, so `1681825655283` and `"2023-04-18T13:47:35.283Z"` agree; its raw JSON text
+//! otherwise) and `updatedAt` is the message's, read the same way. When neither time is present
+//! nothing tells two deliveries of the object apart but their content, so the SHA-256 of the
+//! body is added. A signed request (Standard Webhooks) carries the sender's own id in
+//! `webhook-id`, which is used as it is.
+
+use sha2::{Digest, Sha256};
+
+use super::time;
+use crate::omnichat::Webhook;
+use serde_json::value::RawValue;
+
+/// The event id of a webhook that was not signed.
+pub fn for_webhook(webhook: &Webhook<'_>, body: &[u8]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"omnichat-bridge/v1\0");
+    for part in [
+        webhook.resource.as_str(),
+        webhook.action.as_str(),
+        &webhook.object_id,
+    ] {
+        hash.update(part.as_bytes());
+        hash.update(b"\0");
+    }
+    let updated_at = webhook.message.as_ref().and_then(|m| m.updated_at);
+    for instant in [webhook.timestamp, updated_at] {
+        hash.update(canonical_time(instant).as_bytes());
+        hash.update(b"\0");
+    }
+    if webhook.timestamp.is_none() && updated_at.is_none() {
+        hash.update(Sha256::digest(body));
+    }
+    uuid_v8(&hash.finalize())
+}
+
+/// The id of a body that could not be read as a webhook: its bytes are all there is.
+pub fn for_bytes(body: &[u8]) -> String {
+    uuid_v8(&Sha256::digest(body))
+}
+
+fn canonical_time(raw: Option<&RawValue>) -> String {
+    match raw {
+        None => String::new(),
+        Some(raw) => time::parse(raw)
+            .map(time::format)
+            .unwrap_or_else(|| raw.get().to_owned()),
+    }
+}
+
+fn uuid_v8(digest: &[u8]) -> String {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80; // version 8
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 9562 variant
+    let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(body: &str) -> String {
+        let webhook = Webhook::parse(body.as_bytes()).expect("test webhook parses");
+        for_webhook(&webhook, body.as_bytes())
+    }
+
+    const BASE: &str = r#"{"objectId":"m1","resource":"Message","event":"UPDATE","timestamp":1681825655283,"payload":{"chat":{"objectId":"c1"},"updatedAt":"2023-04-18T13:47:35.255Z","text":"a"}}"#;
+
+    #[test]
+    fn a_redelivery_gets_the_same_id() {
+        assert_eq!(id(BASE), id(BASE));
+        let reformatted = r#"{ "payload": {"text":"a", "updatedAt":"2023-04-18T13:47:35.255Z", "chat":{"objectId":"c1"}},
+            "timestamp": "2023-04-18T13:47:35.283Z", "event":"UPDATE", "resource":"Message", "objectId":"m1" }"#;
+        assert_eq!(
+            id(BASE),
+            id(reformatted),
+            "key order, spacing and time form do not matter"
+        );
+    }
+
+    #[test]
+    fn different_events_get_different_ids() {
+        let variants = [
+            BASE.replace("\"UPDATE\"", "\"DELETE\""),
+            BASE.replace("\"m1\"", "\"m2\""),
+            BASE.replace("1681825655283", "1681825655284"),
+            BASE.replace("35.255Z", "35.256Z"),
+            BASE.replace("\"Message\"", "\"Order\""),
+        ];
+        for variant in &variants {
+            assert_ne!(id(BASE), id(variant), "{variant}");
+        }
+    }
+
+    #[test]
+    fn without_any_time_the_content_decides() {
+        let a = r#"{"objectId":"o1","resource":"Order","event":"UPDATE","status":"paid"}"#;
+        let b = r#"{"objectId":"o1","resource":"Order","event":"UPDATE","status":"shipped"}"#;
+        assert_eq!(id(a), id(a));
+        assert_ne!(id(a), id(b));
+    }
+
+    #[test]
+    fn ids_are_version_8_uuids() {
+        for value in [id(BASE), for_bytes(b"not json")] {
+            let bytes = value.as_bytes();
+            assert_eq!(value.len(), 36);
+            assert_eq!(bytes[14], b'8', "{value}");
+            assert!(matches!(bytes[19], b'8' | b'9' | b'a' | b'b'), "{value}");
+        }
+        assert_eq!(for_bytes(b"x"), for_bytes(b"x"));
+        assert_ne!(for_bytes(b"x"), for_bytes(b"y"));
+    }
+}

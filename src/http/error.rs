@@ -1,0 +1,103 @@
+//! The one place where ingress failures become HTTP statuses and JSON error bodies.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::omnichat::Rejection;
+use crate::publish::PublishError;
+
+/// Why a webhook was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("no valid credential was presented")]
+    Unauthorized,
+    #[error("the body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the body could not be read: {0}")]
+    UnreadableBody(String),
+    /// The body was dead-lettered and the sender told why.
+    #[error("{0}")]
+    Rejected(Rejection),
+    #[error("the bridge is at its limit of concurrent requests")]
+    Overloaded,
+    #[error("the event was not stored: {0}")]
+    NotStored(#[from] PublishError),
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+/// Seconds a sender should wait before retrying a 503.
+const RETRY_AFTER_OVERLOADED: u32 = 1;
+const RETRY_AFTER_UNAVAILABLE: u32 = 5;
+
+impl IngressError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngressError::Unauthorized => "unauthorized",
+            IngressError::PayloadTooLarge { .. } => "payload_too_large",
+            IngressError::UnreadableBody(_) => "unreadable_body",
+            IngressError::Rejected(rejection) => rejection.code(),
+            IngressError::Overloaded => "overloaded",
+            IngressError::NotStored(PublishError::QueueFull) => "queue_full",
+            IngressError::NotStored(PublishError::Timeout(_)) => "publish_timeout",
+            IngressError::NotStored(PublishError::ShuttingDown) => "shutting_down",
+            IngressError::NotStored(PublishError::Failed(_)) => "publish_failed",
+            IngressError::NotFound => "not_found",
+            IngressError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            IngressError::Overloaded | IngressError::NotStored(PublishError::QueueFull) => {
+                Some(RETRY_AFTER_OVERLOADED)
+            }
+            IngressError::NotStored(_) => Some(RETRY_AFTER_UNAVAILABLE),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for IngressError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
+            IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
+            IngressError::Rejected(rejection) if rejection.is_malformed() => {
+                StatusCode::BAD_REQUEST
+            }
+            IngressError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IngressError::Overloaded | IngressError::NotStored(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            IngressError::NotFound => StatusCode::NOT_FOUND,
+            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        if matches!(self, IngressError::Rejected(_)) {
+            body["deadLettered"] = json!(true);
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(seconds) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+        match self {
+            IngressError::MethodNotAllowed => {
+                response.insert_header((header::ALLOW, "POST"));
+            }
+            IngressError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
+        }
+        response.json(body)
+    }
+}

@@ -1,0 +1,221 @@
+//! HTTP ingress: `POST /webhooks/omnichat`.
+//!
+//! Order of work per request: take an in-flight slot, authenticate from headers (so strangers
+//! cost nothing), read the body within its size limit and deadline, verify a signature if that
+//! is how the sender authenticates, parse, normalize, publish, answer. A body that cannot be
+//! normalized is dead-lettered before the 400/422.
+
+pub mod auth;
+pub mod error;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+use crate::event::{Normalizer, Receipt, is_traceparent};
+use crate::omnichat::Webhook;
+use crate::ops::Metrics;
+use crate::publish::Publisher;
+pub use auth::{Authenticator, Credential};
+pub use error::IngressError;
+
+pub const WEBHOOK_PATH: &str = "/webhooks/omnichat";
+
+/// A sender that has not finished its body by then is cut off: a trickling client must not hold
+/// an in-flight slot forever.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request needs, shared by all workers.
+pub struct Ingress {
+    pub authenticator: Authenticator,
+    pub normalizer: Normalizer,
+    pub publisher: Arc<dyn Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers the public routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource(WEBHOOK_PATH)
+                .route(web::post().to(receive_webhook))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(IngressError::MethodNotAllowed)
+                })),
+        )
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(IngressError::NotFound)
+        }));
+}
+
+async fn receive_webhook(
+    request: HttpRequest,
+    payload: web::Payload,
+    ingress: web::Data<Ingress>,
+) -> Result<HttpResponse, IngressError> {
+    let started = Instant::now();
+    let result = match ingress.in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => {
+            ingress.metrics.in_flight.inc();
+            let result = accept(&request, payload, &ingress).await;
+            ingress.metrics.in_flight.dec();
+            result
+        }
+        Err(_) => Err(IngressError::Overloaded),
+    };
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(error) => actix_web::ResponseError::status_code(error),
+    };
+    ingress
+        .metrics
+        .observe_request(status.as_u16(), started.elapsed());
+    if let Err(error) = &result {
+        if !matches!(
+            error,
+            IngressError::Rejected(_) | IngressError::NotStored(_)
+        ) {
+            // Rejections and storage failures are logged where their ids are known.
+            tracing::warn!(
+                code = error.code(),
+                status = status.as_u16(),
+                "Webhook refused: {error}"
+            );
+        }
+    }
+    result
+}
+
+async fn accept(
+    request: &HttpRequest,
+    payload: web::Payload,
+    ingress: &Ingress,
+) -> Result<HttpResponse, IngressError> {
+    let authenticator = &ingress.authenticator;
+    let early = authenticator.before_body(request);
+    if early.is_none() && !authenticator.may_be_signed(request) {
+        return Err(IngressError::Unauthorized);
+    }
+    let body = read_body(request, payload, ingress.max_body_bytes).await?;
+    let received_at = OffsetDateTime::now_utc();
+    // A valid signature names the event, whichever method authenticated the request.
+    let signed = authenticator
+        .may_be_signed(request)
+        .then(|| authenticator.verify_signature(request, &body, received_at.unix_timestamp()))
+        .flatten();
+    if early.is_none() && signed.is_none() {
+        return Err(IngressError::Unauthorized);
+    }
+    let signed_id = match &signed {
+        Some(Credential::Signature { webhook_id }) => Some(webhook_id.as_str()),
+        _ => None,
+    };
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_traceparent(v));
+    let receipt = Receipt {
+        body: &body,
+        received_at,
+        signed_id,
+        traceparent,
+    };
+
+    match Webhook::parse(&body) {
+        Ok(webhook) => {
+            let record = ingress.normalizer.event(&webhook, &receipt);
+            let id = record.header("ce_id").unwrap_or_default().to_owned();
+            let topic = record.topic.clone();
+            let labels = (
+                topic.to_string(),
+                webhook.resource.as_str().to_owned(),
+                webhook.action.as_str().to_owned(),
+            );
+            let started = Instant::now();
+            let stored = ingress
+                .publisher
+                .publish(record)
+                .await
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        event_id = %id,
+                        object_id = %webhook.object_id,
+                        chat_id = webhook.message.as_ref().map(|m| &*m.chat_id),
+                        %topic,
+                        "Event not stored, answered 503: {error}"
+                    );
+                })?;
+            ingress.metrics.observe_event(labels, started.elapsed());
+            Ok(HttpResponse::Accepted().json(json!({
+                "id": id,
+                "status": "accepted",
+                "topic": &*topic,
+                "partition": stored.partition,
+                "offset": stored.offset,
+            })))
+        }
+        Err(rejection) => {
+            let record = ingress.normalizer.dead_letter(&rejection, &receipt);
+            let id = record.key.clone();
+            ingress
+                .publisher
+                .publish(record)
+                .await
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        dead_letter_id = %id,
+                        code = rejection.code(),
+                        "Dead letter not stored, answered 503: {error}"
+                    );
+                })?;
+            ingress.metrics.observe_dead_letter(rejection.code());
+            tracing::warn!(
+                dead_letter_id = %id,
+                code = rejection.code(),
+                bytes = body.len(),
+                "Webhook dead-lettered: {rejection}"
+            );
+            Err(IngressError::Rejected(rejection))
+        }
+    }
+}
+
+async fn read_body(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, IngressError> {
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(IngressError::PayloadTooLarge { limit });
+    }
+    match tokio::time::timeout(BODY_READ_TIMEOUT, payload.to_bytes_limited(limit)).await {
+        Err(_) => Err(IngressError::UnreadableBody(format!(
+            "the body did not arrive within {} seconds",
+            BODY_READ_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(_)) => Err(IngressError::PayloadTooLarge { limit }),
+        Ok(Ok(Err(error))) => Err(IngressError::UnreadableBody(error.to_string())),
+        Ok(Ok(Ok(body))) => Ok(body),
+    }
+}

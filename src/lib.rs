@@ -1,0 +1,22 @@
+//! omnichat-bridge: OmniChat webhooks in, keyed CloudEvents on Kafka out, acknowledged only
+//! once stored.
+//!
+//! The modules follow a webhook's path:
+//!
+//! - [`config`]: environment variables to validated [`config::Settings`]; secrets wrapped.
+//! - [`http`]: the ingress route, authentication, and the one mapping from errors to statuses.
+//! - [`omnichat`]: OmniChat's wire format, tolerant of unknown fields and values.
+//! - [`event`]: normalization into the schema-1 value, CloudEvents headers and event ids.
+//! - [`publish`]: the [`publish::Publisher`] seam and its Kafka implementation.
+//! - [`ops`]: liveness, readiness and metrics on the admin port.
+//! - [`startup`]: binding, running, and the shutdown sequence.
+//! - [`telemetry`]: structured logs.
+
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod omnichat;
+pub mod ops;
+pub mod publish;
+pub mod startup;
+pub mod telemetry;

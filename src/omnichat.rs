@@ -1,0 +1,560 @@
+//! OmniChat's webhook as it arrives on the wire.
+//!
+//! The parse is strict only where routing depends on a field (`objectId`, `resource`, `event`,
+//! and a message's chat). Everything else is tolerated: unknown enumeration values are data,
+//! unknown fields stay in the original bytes, and a field of an unexpected type becomes `None`
+//! rather than costing the event. Strings borrow from the request body where they can.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Why a body is not a usable webhook. Each variant has a stable `code` for the HTTP error and
+/// the dead-letter header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("the body is JSON but not an object")]
+    NotAnObject,
+    #[error("the webhook has no `{0}`")]
+    MissingField(&'static str),
+    #[error("`{0}` must be a string")]
+    NotAString(&'static str),
+    #[error("the webhook is not a usable envelope: {0}")]
+    InvalidEnvelope(String),
+    #[error("a Message webhook needs `payload.chat.objectId` as a string")]
+    MissingChat,
+}
+
+impl Rejection {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::InvalidJson(_) => "invalid_json",
+            Rejection::NotAnObject => "not_an_object",
+            Rejection::MissingField(_) => "missing_field",
+            Rejection::NotAString(_) => "invalid_field",
+            Rejection::InvalidEnvelope(_) => "invalid_envelope",
+            Rejection::MissingChat => "missing_chat",
+        }
+    }
+
+    /// Whether the body failed to be JSON at all (400) rather than being JSON of the wrong
+    /// shape (422).
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, Rejection::InvalidJson(_) | Rejection::NotAnObject)
+    }
+}
+
+/// What a webhook is about. OmniChat documents three resources; others arrive unannounced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource<'a> {
+    Message,
+    Interaction,
+    Order,
+    Other(Cow<'a, str>),
+}
+
+impl<'a> Resource<'a> {
+    fn from_wire(name: Cow<'a, str>) -> Self {
+        match &*name {
+            "Message" => Resource::Message,
+            "Interaction" => Resource::Interaction,
+            "Order" => Resource::Order,
+            _ => Resource::Other(name),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Resource::Message => "Message",
+            Resource::Interaction => "Interaction",
+            Resource::Order => "Order",
+            Resource::Other(name) => name,
+        }
+    }
+}
+
+/// What happened to the object (the envelope's `event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<'a> {
+    Create,
+    Update,
+    Delete,
+    Other(Cow<'a, str>),
+}
+
+impl<'a> Action<'a> {
+    fn from_wire(name: Cow<'a, str>) -> Self {
+        match &*name {
+            "CREATE" => Action::Create,
+            "UPDATE" => Action::Update,
+            "DELETE" => Action::Delete,
+            _ => Action::Other(name),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Action::Create => "CREATE",
+            Action::Update => "UPDATE",
+            Action::Delete => "DELETE",
+            Action::Other(name) => name,
+        }
+    }
+}
+
+/// A webhook that can be routed: the envelope, and the message when it is one.
+#[derive(Debug, Clone)]
+pub struct Webhook<'a> {
+    pub object_id: Cow<'a, str>,
+    pub resource: Resource<'a>,
+    pub action: Action<'a>,
+    /// As sent; its forms are read in [`crate::event::time`].
+    pub timestamp: Option<&'a RawValue>,
+    /// Present exactly when `resource` is `Message`.
+    pub message: Option<Message<'a>>,
+}
+
+/// A `Message` webhook's payload. Only `chat_id` is guaranteed.
+#[derive(Debug, Clone, Default)]
+pub struct Message<'a> {
+    pub object_id: Option<Cow<'a, str>>,
+    pub chat_id: Cow<'a, str>,
+    pub platform: Option<Cow<'a, str>>,
+    pub status: Option<Cow<'a, str>>,
+    pub system: Option<bool>,
+    pub kind: Option<Cow<'a, str>>,
+    pub text: Option<Cow<'a, str>>,
+    pub created_at: Option<&'a RawValue>,
+    pub updated_at: Option<&'a RawValue>,
+    pub user_id: Option<Cow<'a, str>>,
+    pub route_to_user_id: Option<Cow<'a, str>>,
+    pub route_to_team_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireEnvelope<'a> {
+    #[serde(rename = "objectId", borrow)]
+    object_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    resource: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct WirePayload<'a> {
+    #[serde(borrow)]
+    chat: Option<&'a RawValue>,
+    #[serde(rename = "objectId", borrow)]
+    object_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    platform: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    system: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(rename = "createdAt", borrow)]
+    created_at: Option<&'a RawValue>,
+    #[serde(rename = "updatedAt", borrow)]
+    updated_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user: Option<&'a RawValue>,
+    #[serde(rename = "routeToUser", borrow)]
+    route_to_user: Option<&'a RawValue>,
+    #[serde(rename = "routeToTeam", borrow)]
+    route_to_team: Option<&'a RawValue>,
+}
+
+/// A Parse-style pointer (`{"className": "...", "objectId": "..."}`).
+#[derive(Deserialize)]
+struct WirePointer<'a> {
+    #[serde(rename = "objectId", borrow)]
+    object_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// The string in `raw`, or `None` when it is another type.
+pub(crate) fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Str<'_>>(raw.get()).ok().map(|s| s.0)
+}
+
+fn required_str<'a>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+) -> Result<Cow<'a, str>, Rejection> {
+    let raw = raw.ok_or(Rejection::MissingField(field))?;
+    as_str(raw).ok_or(Rejection::NotAString(field))
+}
+
+/// The `objectId` of a pointer, also accepted as a bare id string.
+fn pointer_id(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let raw = raw?;
+    if let Some(id) = as_str(raw) {
+        return Some(id);
+    }
+    serde_json::from_str::<WirePointer<'_>>(raw.get())
+        .ok()?
+        .object_id
+        .and_then(as_str)
+}
+
+fn json_error(error: &serde_json::Error) -> Rejection {
+    Rejection::InvalidJson(error.to_string())
+}
+
+impl<'a> Webhook<'a> {
+    /// Reads a webhook from the request body.
+    pub fn parse(body: &'a [u8]) -> Result<Self, Rejection> {
+        let envelope: WireEnvelope<'a> = match serde_json::from_slice(body) {
+            Ok(envelope) => envelope,
+            Err(error) if error.is_data() => {
+                // A data error can be found before a later syntax error: tell them apart by
+                // checking the whole body, which only rejected bodies pay for.
+                if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    return Err(json_error(&syntax));
+                }
+                let first = body.iter().find(|b| !b.is_ascii_whitespace());
+                return Err(if first == Some(&b'{') {
+                    Rejection::InvalidEnvelope(error.to_string())
+                } else {
+                    Rejection::NotAnObject
+                });
+            }
+            Err(error) => return Err(json_error(&error)),
+        };
+
+        let object_id = required_str(envelope.object_id, "objectId")?;
+        let resource = Resource::from_wire(required_str(envelope.resource, "resource")?);
+        let action = Action::from_wire(required_str(envelope.event, "event")?);
+        let message = match resource {
+            Resource::Message => Some(Message::parse(envelope.payload)?),
+            _ => None,
+        };
+        Ok(Webhook {
+            object_id,
+            resource,
+            action,
+            timestamp: envelope.timestamp,
+            message,
+        })
+    }
+
+    /// The Kafka record key: the conversation for messages, the object otherwise.
+    pub fn key(&self) -> &str {
+        match &self.message {
+            Some(message) => &message.chat_id,
+            None => &self.object_id,
+        }
+    }
+}
+
+impl<'a> Message<'a> {
+    fn parse(payload: Option<&'a RawValue>) -> Result<Self, Rejection> {
+        let payload: WirePayload<'a> = payload
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .ok_or(Rejection::MissingChat)?;
+        let chat_id = payload
+            .chat
+            .and_then(|raw| serde_json::from_str::<WirePointer<'a>>(raw.get()).ok())
+            .and_then(|chat| chat.object_id)
+            .and_then(as_str)
+            .ok_or(Rejection::MissingChat)?;
+        Ok(Message {
+            object_id: payload.object_id.and_then(as_str),
+            chat_id,
+            platform: payload.platform.and_then(as_str),
+            status: payload.status.and_then(as_str),
+            system: payload
+                .system
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            kind: payload.kind.and_then(as_str),
+            text: payload.text.and_then(as_str),
+            created_at: payload.created_at,
+            updated_at: payload.updated_at,
+            user_id: pointer_id(payload.user),
+            route_to_user_id: pointer_id(payload.route_to_user),
+            route_to_team_id: pointer_id(payload.route_to_team),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"{"objectId": "c1KjTsOhDP", "resource": "Message", "event": "CREATE", "timestamp": 1681825655283,
+ "payload": {"chat": {"className": "Chat", "objectId": "dE5fgIIi8o"}, "platform": "WAB-OMNICHAT",
+   "status": "INCOMING_RECEIVED", "system": false, "type": "TEXT", "text": "bom dia",
+   "createdAt": "2023-04-18T13:47:35.255Z", "updatedAt": "2023-04-18T13:47:35.255Z",
+   "objectId": "c1KjTsOhDP"}}"#;
+
+    fn message_with(field: &str, value: &str) -> String {
+        format!(
+            r#"{{"objectId":"m1","resource":"Message","event":"CREATE","payload":{{"chat":{{"className":"Chat","objectId":"c1"}},"{field}":{value}}}}}"#
+        )
+    }
+
+    #[test]
+    fn reads_the_seed_webhook() {
+        let webhook = Webhook::parse(SEED.as_bytes()).expect("seed parses");
+        assert_eq!(webhook.object_id, "c1KjTsOhDP");
+        assert_eq!(webhook.resource, Resource::Message);
+        assert_eq!(webhook.action, Action::Create);
+        assert_eq!(webhook.key(), "dE5fgIIi8o");
+        let message = webhook.message.expect("a message");
+        assert_eq!(message.platform.as_deref(), Some("WAB-OMNICHAT"));
+        assert_eq!(message.status.as_deref(), Some("INCOMING_RECEIVED"));
+        assert_eq!(message.kind.as_deref(), Some("TEXT"));
+        assert_eq!(message.text.as_deref(), Some("bom dia"));
+        assert_eq!(message.system, Some(false));
+        assert_eq!(message.object_id.as_deref(), Some("c1KjTsOhDP"));
+    }
+
+    #[test]
+    fn passes_every_documented_and_unknown_enumeration_value_through() {
+        let platforms = [
+            "WAB-OMNICHAT",
+            "WAB-DIALOG",
+            "FBMESSENGER",
+            "WEBCHAT",
+            "INSTAGRAM",
+            "TELEGRAM-NEXT",
+        ];
+        let statuses = [
+            "INCOMING_RECEIVED",
+            "INCOMING_READ",
+            "INCOMING_DELETED",
+            "OUTGOING_CREATED",
+            "OUTGOING_SENT",
+            "OUTGOING_READ",
+            "OUTGOING_ERROR",
+            "OUTGOING_SILENT",
+            "OUTGOING_QUEUED",
+        ];
+        let kinds = [
+            "IMAGE",
+            "TEXT",
+            "AUDIO",
+            "VOICE",
+            "DOCUMENT",
+            "FILE",
+            "VIDEO",
+            "LOCATION",
+            "PRODUCT",
+            "VARIANT",
+            "PAYMENT_REQUEST",
+            "ORDER_CONFIRMATION",
+            "ORDER_STATUS",
+            "COLLECTION",
+            "VCARD",
+            "MULTI_VCARD",
+            "SNOOZE_START",
+            "SNOOZE_END",
+            "TEMPLATE",
+            "BUTTON",
+            "ORDER_PREVIEW",
+            "GROUPED",
+            "INTERACTIVE",
+            "INTERACTIVE_BUTTON",
+            "LIST",
+            "STICKER",
+            "ROUTING",
+            "SUMMARY",
+        ];
+        for (field, values) in [
+            ("platform", &platforms[..]),
+            ("status", &statuses[..]),
+            ("type", &kinds[..]),
+        ] {
+            for value in values {
+                let body = message_with(field, &format!("\"{value}\""));
+                let message = Webhook::parse(body.as_bytes())
+                    .expect(value)
+                    .message
+                    .expect("message");
+                let got = match field {
+                    "platform" => message.platform,
+                    "status" => message.status,
+                    _ => message.kind,
+                };
+                assert_eq!(got.as_deref(), Some(*value));
+            }
+        }
+        for (resource, expected) in [
+            ("Message", Resource::Message),
+            ("Interaction", Resource::Interaction),
+            ("Order", Resource::Order),
+            ("Contact", Resource::Other("Contact".into())),
+        ] {
+            let body = format!(
+                r#"{{"objectId":"o1","resource":"{resource}","event":"UPDATE","payload":{{"chat":{{"objectId":"c"}}}}}}"#
+            );
+            assert_eq!(
+                Webhook::parse(body.as_bytes()).expect(resource).resource,
+                expected
+            );
+        }
+        for (event, expected) in [
+            ("CREATE", Action::Create),
+            ("UPDATE", Action::Update),
+            ("DELETE", Action::Delete),
+            ("ARCHIVE", Action::Other("ARCHIVE".into())),
+        ] {
+            let body = format!(r#"{{"objectId":"o1","resource":"Order","event":"{event}"}}"#);
+            assert_eq!(
+                Webhook::parse(body.as_bytes()).expect(event).action,
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn keys_messages_by_chat_and_other_resources_by_object() {
+        let order = Webhook::parse(br#"{"objectId":"o1","resource":"Order","event":"CREATE"}"#)
+            .expect("order");
+        assert_eq!(order.key(), "o1");
+        assert!(order.message.is_none());
+        let interaction = Webhook::parse(
+            br#"{"objectId":"i1","resource":"Interaction","event":"UPDATE","payload":{"chat":{"objectId":"c9"}}}"#,
+        )
+        .expect("interaction");
+        assert_eq!(interaction.key(), "i1", "only messages are keyed by chat");
+    }
+
+    #[test]
+    fn reads_routing_and_user_pointers() {
+        let body = br#"{"objectId":"m","resource":"Message","event":"CREATE","payload":{"chat":{"objectId":"c"},"type":"ROUTING",
+            "routeToUser":{"className":"_User","objectId":"u7"},"routeToTeam":{"className":"Team","objectId":"t3"},"user":"u1"}}"#;
+        let message = Webhook::parse(body)
+            .expect("parses")
+            .message
+            .expect("message");
+        assert_eq!(message.route_to_user_id.as_deref(), Some("u7"));
+        assert_eq!(message.route_to_team_id.as_deref(), Some("t3"));
+        assert_eq!(message.user_id.as_deref(), Some("u1"));
+    }
+
+    #[test]
+    fn tolerates_unexpected_types_in_fields_it_does_not_route_by() {
+        for (field, value) in [
+            ("text", "42"),
+            ("system", "\"no\""),
+            ("platform", "{}"),
+            ("user", "[1]"),
+        ] {
+            let body = message_with(field, value);
+            let webhook =
+                Webhook::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{field}: {e}"));
+            assert_eq!(webhook.key(), "c1");
+        }
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_routed_with_a_stable_code() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("", "invalid_json", true),
+            ("{", "invalid_json", true),
+            ("not json", "invalid_json", true),
+            ("{\"objectId\": \"a\",}", "invalid_json", true),
+            ("[1, 2", "invalid_json", true),
+            ("[]", "not_an_object", true),
+            ("\"text\"", "not_an_object", true),
+            ("42", "not_an_object", true),
+            ("null", "not_an_object", true),
+            (
+                r#"{"resource":"Order","event":"CREATE"}"#,
+                "missing_field",
+                false,
+            ),
+            (
+                r#"{"objectId":null,"resource":"Order","event":"CREATE"}"#,
+                "missing_field",
+                false,
+            ),
+            (
+                r#"{"objectId":7,"resource":"Order","event":"CREATE"}"#,
+                "invalid_field",
+                false,
+            ),
+            (
+                r#"{"objectId":"o","event":"CREATE"}"#,
+                "missing_field",
+                false,
+            ),
+            (
+                r#"{"objectId":"o","resource":["Order"],"event":"CREATE"}"#,
+                "invalid_field",
+                false,
+            ),
+            (
+                r#"{"objectId":"o","resource":"Order"}"#,
+                "missing_field",
+                false,
+            ),
+            (
+                r#"{"objectId":"o","resource":"Order","event":1}"#,
+                "invalid_field",
+                false,
+            ),
+            (
+                r#"{"objectId":"o","objectId":"p","resource":"Order","event":"CREATE"}"#,
+                "invalid_envelope",
+                false,
+            ),
+            (
+                r#"{"objectId":"m","resource":"Message","event":"CREATE"}"#,
+                "missing_chat",
+                false,
+            ),
+            (
+                r#"{"objectId":"m","resource":"Message","event":"CREATE","payload":"x"}"#,
+                "missing_chat",
+                false,
+            ),
+            (
+                r#"{"objectId":"m","resource":"Message","event":"CREATE","payload":{}}"#,
+                "missing_chat",
+                false,
+            ),
+            (
+                r#"{"objectId":"m","resource":"Message","event":"CREATE","payload":{"chat":{}}}"#,
+                "missing_chat",
+                false,
+            ),
+            (
+                r#"{"objectId":"m","resource":"Message","event":"CREATE","payload":{"chat":{"objectId":5}}}"#,
+                "missing_chat",
+                false,
+            ),
+        ];
+        for (body, code, malformed) in cases {
+            let rejection = Webhook::parse(body.as_bytes()).expect_err(body);
+            assert_eq!(rejection.code(), *code, "{body}: {rejection}");
+            assert_eq!(rejection.is_malformed(), *malformed, "{body}");
+        }
+        let not_utf8 = Webhook::parse(b"{\"objectId\": \"\xff\"}").expect_err("bytes");
+        assert_eq!(not_utf8.code(), "invalid_json");
+    }
+
+    #[test]
+    fn decodes_escaped_strings() {
+        let body = br#"{"objectId":"a\u00e9\"b","resource":"Order","event":"CREATE"}"#;
+        assert_eq!(
+            Webhook::parse(body).expect("parses").object_id,
+            "a\u{e9}\"b"
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! Builds the application from settings and runs it until a shutdown signal, then drains.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use tokio::sync::Semaphore;
+
+use crate::config::{ConfigError, Settings};
+use crate::event::Normalizer;
+use crate::http::{self, Authenticator, Ingress};
+use crate::ops::{self, Health, Metrics};
+use crate::publish::Publisher;
+use crate::publish::kafka::KafkaPublisher;
+
+/// How often readiness asks Kafka for metadata.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {variable}={addr}: {source}")]
+    Listen {
+        variable: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running, bridge.
+pub struct Application {
+    settings: Settings,
+    port: u16,
+    admin_port: u16,
+    server: Server,
+    admin: Server,
+    publisher: Arc<dyn Publisher>,
+    health: web::Data<Health>,
+    metrics: web::Data<Metrics>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .field("admin_port", &self.admin_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds both listeners and creates the Kafka producer.
+    pub fn build(settings: Settings) -> Result<Self, StartupError> {
+        let publisher = KafkaPublisher::new(&settings.kafka, settings.publish_timeout)?;
+        Self::with_publisher(settings, Arc::new(publisher))
+    }
+
+    /// Binds both listeners around any publisher (tests use this seam).
+    pub fn with_publisher(
+        settings: Settings,
+        publisher: Arc<dyn Publisher>,
+    ) -> Result<Self, StartupError> {
+        let listen = |variable, addr| {
+            TcpListener::bind(addr).map_err(|source| StartupError::Listen {
+                variable,
+                addr,
+                source,
+            })
+        };
+        let listener = listen("BRIDGE_LISTEN_ADDR", settings.listen_addr)?;
+        let admin_listener = listen("BRIDGE_ADMIN_ADDR", settings.admin_addr)?;
+        let port = local_port(&listener);
+        let admin_port = local_port(&admin_listener);
+
+        let metrics = web::Data::new(Metrics::new());
+        let health = web::Data::new(Health::default());
+        let ingress = web::Data::new(Ingress {
+            authenticator: Authenticator::new(&settings.auth),
+            normalizer: Normalizer::new(settings.topics.clone(), settings.event_source.clone()),
+            publisher: publisher.clone(),
+            metrics: metrics.clone().into_inner(),
+            max_body_bytes: settings.max_body_bytes,
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+        });
+
+        // In-flight requests get what is left of the shutdown budget after the delay; the
+        // flush gets the rest (see `run_until_stopped`).
+        let drain_secs = settings
+            .shutdown_timeout
+            .saturating_sub(settings.shutdown_delay)
+            .as_secs()
+            .max(1);
+        let server =
+            HttpServer::new(move || App::new().app_data(ingress.clone()).configure(http::routes))
+                .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .disable_signals()
+                .shutdown_timeout(drain_secs)
+                .client_request_timeout(Duration::from_secs(10))
+                .client_disconnect_timeout(Duration::from_secs(2))
+                .keep_alive(Duration::from_secs(75))
+                .listen(listener)
+                .map_err(|source| StartupError::Listen {
+                    variable: "BRIDGE_LISTEN_ADDR",
+                    addr: settings.listen_addr,
+                    source,
+                })?
+                .run();
+
+        let admin_health = health.clone();
+        let admin_metrics = metrics.clone();
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_health.clone())
+                .app_data(admin_metrics.clone())
+                .configure(ops::routes)
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(admin_listener)
+        .map_err(|source| StartupError::Listen {
+            variable: "BRIDGE_ADMIN_ADDR",
+            addr: settings.admin_addr,
+            source,
+        })?
+        .run();
+
+        Ok(Self {
+            settings,
+            port,
+            admin_port,
+            server,
+            admin,
+            publisher,
+            health,
+            metrics,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// Serves until `shutdown` resolves, then runs the shutdown sequence: not ready at once,
+    /// keep serving for `BRIDGE_SHUTDOWN_DELAY_MS` so load balancers notice, stop accepting,
+    /// finish in-flight requests, flush the producer, all within `BRIDGE_SHUTDOWN_TIMEOUT_MS`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let Application {
+            settings,
+            server,
+            admin,
+            publisher,
+            health,
+            metrics,
+            ..
+        } = self;
+        let server_handle = server.handle();
+        let admin_handle = admin.handle();
+        let mut server = tokio::spawn(server);
+        let admin = tokio::spawn(admin);
+        let probe = tokio::spawn(probe_kafka(
+            publisher.clone(),
+            settings.clone(),
+            health.clone().into_inner(),
+            metrics.clone().into_inner(),
+        ));
+
+        tokio::select! {
+            result = &mut server => {
+                probe.abort();
+                admin_handle.stop(false).await;
+                return result.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            }
+            () = shutdown => {}
+        }
+
+        let started = Instant::now();
+        health.start_draining();
+        tracing::info!(
+            delay_ms = settings.shutdown_delay.as_millis() as u64,
+            "Shutdown started: not ready, still serving until load balancers notice"
+        );
+        tokio::time::sleep(settings.shutdown_delay).await;
+
+        tracing::info!("Stopped accepting; finishing in-flight requests");
+        let remaining = settings.shutdown_timeout.saturating_sub(started.elapsed());
+        let drained = tokio::time::timeout(remaining, async {
+            server_handle.stop(true).await;
+            let _ = (&mut server).await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::error!("In-flight requests did not finish within BRIDGE_SHUTDOWN_TIMEOUT_MS");
+        }
+        probe.abort();
+
+        // Everything answered 202 is already acknowledged; this flush sends what was queued for
+        // requests that were answered 503 or whose senders went away, so fewer come back.
+        let remaining = settings
+            .shutdown_timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(100));
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(remaining)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("Producer flushed"),
+            Ok(Err(error)) => tracing::warn!("Producer flush incomplete: {error}"),
+            Err(error) => tracing::warn!("Producer flush failed: {error}"),
+        }
+        admin_handle.stop(false).await;
+        let _ = admin.await;
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "Shutdown complete"
+        );
+        Ok(())
+    }
+}
+
+fn local_port(listener: &TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or_default()
+}
+
+/// Keeps readiness and the Kafka gauges current, logging each change of state once.
+async fn probe_kafka(
+    publisher: Arc<dyn Publisher>,
+    settings: Settings,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+) {
+    let topics: Vec<String> = settings
+        .topics
+        .all()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    loop {
+        let probe_publisher = publisher.clone();
+        let probe_topics = topics.clone();
+        let verdict = tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = probe_topics.iter().map(String::as_str).collect();
+            probe_publisher.probe(&names, PROBE_TIMEOUT)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        metrics.kafka_up.set(i64::from(verdict.is_ok()));
+        let queue = publisher.queue();
+        metrics.queue_depth.set(queue.waiting as i64);
+        health.set_queue_full(queue.limit > 0 && queue.waiting >= queue.limit * 9 / 10);
+        match (&verdict, health.set_kafka(verdict.clone())) {
+            (Ok(()), true) => tracing::info!("Kafka reachable; all topics present"),
+            (Err(reason), true) => tracing::warn!("Kafka not usable: {reason}"),
+            _ => {}
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
