@@ -556,18 +556,18 @@ fn kafka_settings(vars: &[(String, String)]) -> Result<KafkaSettings, ConfigErro
             continue;
         }
         let name = rest.to_ascii_lowercase().replace('_', ".");
-        if let Some((_, allowed, why)) = GUARDED.iter().find(|(n, _, _)| *n == name) {
-            if !allowed.contains(&value.trim()) {
-                let expected = if allowed.is_empty() {
-                    "must not be set".to_owned()
-                } else {
-                    format!("must be `{}`", allowed.join("` or `"))
-                };
-                return Err(ConfigError::new(
-                    variable.clone(),
-                    format!("{expected}: {why}"),
-                ));
-            }
+        if let Some((_, allowed, why)) = GUARDED.iter().find(|(n, _, _)| *n == name)
+            && !allowed.contains(&value.trim())
+        {
+            let expected = if allowed.is_empty() {
+                "must not be set".to_owned()
+            } else {
+                format!("must be `{}`", allowed.join("` or `"))
+            };
+            return Err(ConfigError::new(
+                variable.clone(),
+                format!("{expected}: {why}"),
+            ));
         }
         if name == "bootstrap.servers" {
             if value.trim().is_empty() {

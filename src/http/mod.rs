@@ -85,18 +85,18 @@ async fn receive_webhook(
     ingress
         .metrics
         .observe_request(status.as_u16(), started.elapsed());
-    if let Err(error) = &result {
-        if !matches!(
+    // Rejections and storage failures are logged where their ids are known.
+    if let Err(error) = &result
+        && !matches!(
             error,
             IngressError::Rejected(_) | IngressError::NotStored(_)
-        ) {
-            // Rejections and storage failures are logged where their ids are known.
-            tracing::warn!(
-                code = error.code(),
-                status = status.as_u16(),
-                "Webhook refused: {error}"
-            );
-        }
+        )
+    {
+        tracing::warn!(
+            code = error.code(),
+            status = status.as_u16(),
+            "Webhook refused: {error}"
+        );
     }
     result
 }

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test: installs the pinned tansu broker if it is not cached yet, starts it on a free
+# local port, runs `cargo test` against it, and stops it. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/broker.sh
+export OMNICHAT_TEST_BOOTSTRAP="$BROKER_ADDR"
+cargo test --locked "$@"

@@ -1,0 +1,434 @@
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use omnichat_bridge::config::Settings;
+use omnichat_bridge::startup::Application;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const TOKEN: &str = "integration-test-token-0123456789";
+pub const PARTITIONS: i32 = 4;
+
+pub const SEED: &str = r#"{"objectId": "c1KjTsOhDP", "resource": "Message", "event": "CREATE", "timestamp": 1681825655283,
+ "payload": {"chat": {"className": "Chat", "objectId": "dE5fgIIi8o"}, "platform": "WAB-OMNICHAT",
+   "status": "INCOMING_RECEIVED", "system": false, "type": "TEXT", "text": "bom dia",
+   "createdAt": "2023-04-18T13:47:35.255Z", "updatedAt": "2023-04-18T13:47:35.255Z",
+   "objectId": "c1KjTsOhDP"}}"#;
+
+/// The broker the test script started.
+pub fn bootstrap() -> String {
+    std::env::var("OMNICHAT_TEST_BOOTSTRAP").expect(
+        "OMNICHAT_TEST_BOOTSTRAP is not set: run the tests with scripts/test.sh, which starts the broker",
+    )
+}
+
+/// A message webhook for a chat, numbered so order can be checked.
+pub fn message(chat: &str, n: usize) -> String {
+    format!(
+        r#"{{"objectId":"msg-{chat}-{n}","resource":"Message","event":"CREATE","timestamp":{ts},"payload":{{"chat":{{"className":"Chat","objectId":"{chat}"}},"platform":"WAB-OMNICHAT","status":"INCOMING_RECEIVED","system":false,"type":"TEXT","text":"{n}","createdAt":"2023-04-18T13:47:35.255Z","updatedAt":"2023-04-18T13:47:35.255Z","objectId":"msg-{chat}-{n}"}}}}"#,
+        ts = 1_681_825_655_283u64 + n as u64
+    )
+}
+
+/// Topic names of one test, so tests never see each other's records.
+#[derive(Debug, Clone)]
+pub struct TestTopics {
+    pub messages: String,
+    pub interactions: String,
+    pub orders: String,
+    pub other: String,
+    pub deadletter: String,
+}
+
+impl TestTopics {
+    pub fn new() -> Self {
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        Self {
+            messages: format!("{prefix}.messages"),
+            interactions: format!("{prefix}.interactions"),
+            orders: format!("{prefix}.orders"),
+            other: format!("{prefix}.other"),
+            deadletter: format!("{prefix}.deadletter"),
+        }
+    }
+
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.messages,
+            &self.interactions,
+            &self.orders,
+            &self.other,
+            &self.deadletter,
+        ]
+    }
+
+    pub fn vars(&self) -> Vec<(String, String)> {
+        [
+            ("BRIDGE_TOPIC_MESSAGES", &self.messages),
+            ("BRIDGE_TOPIC_INTERACTIONS", &self.interactions),
+            ("BRIDGE_TOPIC_ORDERS", &self.orders),
+            ("BRIDGE_TOPIC_OTHER", &self.other),
+            ("BRIDGE_TOPIC_DEADLETTER", &self.deadletter),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect()
+    }
+
+    pub async fn create(&self, bootstrap: &str) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("admin client");
+        let topics: Vec<NewTopic<'_>> = self
+            .all()
+            .iter()
+            .map(|name| NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1)))
+            .collect();
+        let results = admin
+            .create_topics(
+                &topics,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create topics");
+        for result in results {
+            result.expect("topic created");
+        }
+    }
+}
+
+/// A running bridge.
+pub struct TestApp {
+    pub address: String,
+    pub admin_address: String,
+    pub topics: TestTopics,
+    pub bootstrap: String,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub stopped: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub fn base_vars(bootstrap: &str, topics: &TestTopics) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap.to_owned()),
+        ("BRIDGE_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("BRIDGE_ADMIN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("BRIDGE_AUTH_TOKENS".to_owned(), TOKEN.to_owned()),
+        ("BRIDGE_SHUTDOWN_DELAY_MS".to_owned(), "0".to_owned()),
+        ("BRIDGE_SHUTDOWN_TIMEOUT_MS".to_owned(), "10000".to_owned()),
+    ];
+    vars.extend(topics.vars());
+    vars
+}
+
+/// Creates fresh topics and boots the bridge against the test broker.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let bootstrap = bootstrap();
+    let topics = TestTopics::new();
+    topics.create(&bootstrap).await;
+    spawn_app_on(&bootstrap, topics, overrides).await
+}
+
+pub async fn spawn_app_on(
+    bootstrap: &str,
+    topics: TestTopics,
+    overrides: &[(&str, &str)],
+) -> TestApp {
+    init_logs();
+    let mut vars = base_vars(bootstrap, &topics);
+    vars.extend(
+        overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let settings = Settings::from_vars(vars).expect("test settings are valid");
+    let app = Application::build(settings).expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
+    let (tx, rx) = oneshot::channel();
+    let stopped = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        admin_address,
+        topics,
+        bootstrap: bootstrap.to_owned(),
+        client: reqwest::Client::new(),
+        shutdown: Some(tx),
+        stopped: Some(stopped),
+    }
+}
+
+fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            omnichat_bridge::telemetry::init(omnichat_bridge::config::LogFormat::Text);
+        }
+    });
+}
+
+impl TestApp {
+    pub fn webhook_url(&self) -> String {
+        format!("{}/webhooks/omnichat", self.address)
+    }
+
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.webhook_url())
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Posts and expects a 202, returning the answer's body.
+    pub async fn post_accepted(&self, body: impl Into<reqwest::Body>) -> Value {
+        let response = self.post(body).await;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.expect("JSON answer");
+        assert_eq!(status, 202, "{answer}");
+        answer
+    }
+
+    pub async fn get_admin(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.admin_address))
+            .send()
+            .await
+            .expect("admin request")
+    }
+
+    /// Waits for readiness, so the first requests do not race the producer's first metadata.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.get_admin("/readyz").await.status() == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "bridge never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs the shutdown sequence and waits for it to finish.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(stopped) = self.stopped.take() {
+            stopped.await.expect("app task").expect("clean shutdown");
+        }
+    }
+
+    pub async fn read(&self, topic: &str, count: usize) -> Vec<ReadRecord> {
+        read_records(&self.bootstrap, topic, count, Duration::from_secs(20)).await
+    }
+}
+
+/// A record as a consumer sees it.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub value: Vec<u8>,
+}
+
+impl ReadRecord {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.value).expect("record value is JSON")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer")
+}
+
+pub fn partition_count(bootstrap: &str, topic: &str) -> i32 {
+    let consumer = consumer(bootstrap);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics()[0].partitions().len() as i32
+}
+
+/// The number of records in a topic (sum of high watermarks; topics start empty).
+pub async fn record_count(bootstrap: &str, topic: &str) -> i64 {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer = consumer(&bootstrap);
+        (0..partition_count(&bootstrap, &topic))
+            .map(|p| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                high - low
+            })
+            .sum()
+    })
+    .await
+    .expect("watermark task")
+}
+
+/// Reads every partition of `topic` from the start until `count` records arrived (or the
+/// timeout passed, then returns what it has), in partition-then-offset order.
+pub async fn read_records(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<ReadRecord> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer = consumer(&bootstrap);
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partition_count(&bootstrap, &topic) {
+            assignment
+                .add_partition_offset(&topic, partition, Offset::Beginning)
+                .expect("assignment");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let deadline = Instant::now() + timeout;
+        let mut records = Vec::new();
+        while records.len() < count && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    let headers = message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    records.push(ReadRecord {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message
+                            .key()
+                            .map(|k| String::from_utf8_lossy(k).into_owned()),
+                        headers,
+                        value: message.payload().unwrap_or_default().to_vec(),
+                    });
+                }
+                Some(Err(error)) => panic!("consumer error: {error}"),
+                None => {}
+            }
+        }
+        records.sort_by_key(|r| (r.partition, r.offset));
+        records
+    })
+    .await
+    .expect("consumer task")
+}
+
+/// Kafka's Java default partitioner's hash (`Utils.murmur2`), written from its source
+/// independently of librdkafka, to check where keys land.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// Where Kafka's Java producer puts a key.
+pub fn java_partition(key: &str, partitions: i32) -> i32 {
+    (murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions
+}
+
+/// The event JSON Schema from the repo, compiled once.
+pub fn schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema/event-v1.json"))
+                .expect("schema file");
+        let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    })
+}
+
+pub fn assert_valid_event(value: &Value) {
+    let errors: Vec<String> = schema().iter_errors(value).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "record does not match schema/event-v1.json: {errors:?}\n{value}"
+    );
+}
+
+#[test]
+fn murmur2_matches_kafkas_published_test_vectors() {
+    // From Kafka's UtilsTest.testMurmur2.
+    for (input, expected) in [
+        ("21", -973_932_308),
+        ("foobar", -790_332_482),
+        ("a-little-bit-long-string", -985_981_536),
+        ("a-little-bit-longer-string", -1_486_304_829),
+        (
+            "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58_897_971,
+        ),
+        ("abc", 479_470_107),
+    ] {
+        assert_eq!(murmur2(input.as_bytes()), expected, "{input}");
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real application on port 0 against a real Kafka broker (tansu,
+//! started by `scripts/test.sh`), records read back with a Kafka consumer.
+
+mod helpers;
+
+mod delivery;
+mod ingress;
+mod ordering;
+mod records;
+mod shutdown;
