@@ -202,7 +202,12 @@ impl Settings {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        // Later values win, as when the same variable is exported twice.
+        let mut vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut seen = std::collections::HashSet::new();
+        vars.reverse();
+        vars.retain(|(k, _)| seen.insert(k.clone()));
+        vars.reverse();
         let bridge: BridgeVars = envy::from_iter(
             vars.iter()
                 .filter(|(k, _)| k.starts_with("BRIDGE_"))

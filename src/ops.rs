@@ -170,6 +170,7 @@ pub struct Health {
     /// The last probe's verdict on Kafka: `None` until the first probe finishes.
     kafka: Mutex<Option<Result<(), String>>>,
     queue_full: AtomicBool,
+    fatal: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -178,6 +179,7 @@ impl Default for Health {
             draining: AtomicBool::new(false),
             kafka: Mutex::new(None),
             queue_full: AtomicBool::new(false),
+            fatal: Mutex::new(None),
         }
     }
 }
@@ -203,8 +205,21 @@ impl Health {
         self.queue_full.store(full, Ordering::SeqCst);
     }
 
+    pub fn set_fatal(&self, reason: String) {
+        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    /// `Ok` while the process can still do its job; else why it must be restarted.
+    pub fn liveness(&self) -> Result<(), String> {
+        match &*self.fatal.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(reason) => Err(format!("the Kafka producer failed fatally: {reason}")),
+            None => Ok(()),
+        }
+    }
+
     /// `Ok` when the bridge should get traffic, else the reason it should not.
     pub fn readiness(&self) -> Result<(), String> {
+        self.liveness()?;
         if self.is_draining() {
             return Err("shutting down".to_owned());
         }
@@ -226,8 +241,13 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "alive"}))
+async fn healthz(health: web::Data<Health>) -> HttpResponse {
+    match health.liveness() {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "alive"})),
+        Err(reason) => {
+            HttpResponse::ServiceUnavailable().json(json!({"status": "failed", "reason": reason}))
+        }
+    }
 }
 
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
@@ -242,4 +262,39 @@ async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_kafka_is_probed_usable_and_not_draining() {
+        let health = Health::default();
+        assert!(
+            health.readiness().is_err(),
+            "not ready before the first probe"
+        );
+        assert!(health.set_kafka(Ok(())), "first verdict is a change");
+        assert_eq!(health.readiness(), Ok(()));
+        assert!(!health.set_kafka(Ok(())), "same verdict is not a change");
+        assert!(health.set_kafka(Err("topics do not exist: a".into())));
+        assert_eq!(health.readiness(), Err("topics do not exist: a".into()));
+        health.set_kafka(Ok(()));
+        health.set_queue_full(true);
+        assert!(health.readiness().is_err());
+        health.set_queue_full(false);
+        health.start_draining();
+        assert_eq!(health.readiness(), Err("shutting down".into()));
+        assert_eq!(health.liveness(), Ok(()), "draining is alive");
+    }
+
+    #[test]
+    fn a_fatal_producer_error_fails_liveness_and_readiness() {
+        let health = Health::default();
+        health.set_kafka(Ok(()));
+        health.set_fatal("Fatal: out of order sequence".into());
+        assert!(health.liveness().is_err());
+        assert!(health.readiness().is_err());
+    }
 }

@@ -68,6 +68,13 @@ pub trait Publisher: Send + Sync + 'static {
         Ok(())
     }
 
+    /// An error the publisher cannot recover from without a restart (librdkafka's fatal
+    /// idempotent-producer errors). Liveness fails on it so the orchestrator restarts the
+    /// process instead of leaving it answering 503 forever.
+    fn fatal_error(&self) -> Option<String> {
+        None
+    }
+
     /// Records taken but not yet stored, and how many may wait at once.
     fn queue(&self) -> QueueDepth {
         QueueDepth::default()

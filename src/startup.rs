@@ -24,6 +24,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("KAFKA_BOOTSTRAP_SERVERS: {reason}")]
+    Kafka { reason: String },
     #[error("cannot listen on {variable}={addr}: {source}")]
     Listen {
         variable: &'static str,
@@ -228,6 +230,16 @@ impl Application {
     }
 }
 
+/// What `omnichat-bridge check-config` verifies before a rollout: the producer can be created
+/// from the settings, Kafka answers, and every configured topic exists.
+pub fn check_kafka(settings: &Settings, timeout: Duration) -> Result<(), StartupError> {
+    let publisher = KafkaPublisher::new(&settings.kafka, settings.publish_timeout)?;
+    let topics: Vec<&str> = settings.topics.all().iter().map(|t| &***t).collect();
+    publisher
+        .probe(&topics, timeout)
+        .map_err(|reason| StartupError::Kafka { reason })
+}
+
 fn local_port(listener: &TcpListener) -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or_default()
 }
@@ -255,6 +267,13 @@ async fn probe_kafka(
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         metrics.kafka_up.set(i64::from(verdict.is_ok()));
+        if let Some(reason) = publisher
+            .fatal_error()
+            .filter(|_| health.liveness().is_ok())
+        {
+            tracing::error!("Kafka producer failed fatally, liveness now fails: {reason}");
+            health.set_fatal(reason);
+        }
         let queue = publisher.queue();
         metrics.queue_depth.set(queue.waiting as i64);
         health.set_queue_full(queue.limit > 0 && queue.waiting >= queue.limit * 9 / 10);

@@ -172,6 +172,13 @@ impl Publisher for KafkaPublisher {
         }
     }
 
+    fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    }
+
     fn queue(&self) -> QueueDepth {
         QueueDepth {
             waiting: usize::try_from(self.producer.in_flight_count()).unwrap_or_default(),
