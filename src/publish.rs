@@ -68,9 +68,9 @@ pub trait Publisher: Send + Sync + 'static {
         Ok(())
     }
 
-    /// An error the publisher cannot recover from without a restart (librdkafka's fatal
-    /// idempotent-producer errors). Liveness fails on it so the orchestrator restarts the
-    /// process instead of leaving it answering 503 forever.
+    /// An error the publisher could not recover from by itself. Called by the readiness probe,
+    /// so an implementation may repair itself here. Liveness fails on it so the orchestrator
+    /// restarts the process instead of leaving it answering 503 forever.
     fn fatal_error(&self) -> Option<String> {
         None
     }

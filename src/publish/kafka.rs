@@ -1,9 +1,12 @@
 //! The Kafka publisher: an idempotent librdkafka producer with `acks=all`, whose delivery report
 //! is awaited before a webhook is answered.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -44,9 +47,43 @@ pub fn client_config(kafka: &KafkaSettings, publish_timeout: Duration) -> Client
     config
 }
 
+/// Routes librdkafka's own logs into `tracing`. During an outage librdkafka reports every failed
+/// reconnect as an error; readiness already logs each change of Kafka's state once, so
+/// connection churn goes to debug and only warnings and fatal errors stay loud.
+#[derive(Debug, Clone, Default)]
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(target: "librdkafka", facility, "{message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            _ => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(target: "librdkafka", "Kafka producer failed fatally: {reason}");
+        } else {
+            tracing::debug!(target: "librdkafka", "{error}: {reason}");
+        }
+    }
+}
+
+pub type KafkaProducer = FutureProducer<QuietContext>;
+
 /// Publishes to Kafka and waits for the broker's acknowledgement.
+///
+/// An idempotent producer that fails fatally (fenced, or an unrecoverable sequence error) never
+/// works again, so it is replaced by a new one, in place, the first time the failure is seen.
+/// Every record answered 202 is already in Kafka, so per-chat order survives the swap; records
+/// still queued in the failed producer were or will be answered 503.
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    config: ClientConfig,
+    producer: RwLock<Arc<KafkaProducer>>,
     publish_timeout: Duration,
     queue_limit: usize,
 }
@@ -64,23 +101,80 @@ impl KafkaPublisher {
     /// stops the process at start, named by its variable.
     pub fn new(kafka: &KafkaSettings, publish_timeout: Duration) -> Result<Self, ConfigError> {
         let config = client_config(kafka, publish_timeout);
-        let producer: FutureProducer = config
-            .create()
+        let producer: KafkaProducer = config
+            .create_with_context(QuietContext)
             .map_err(|error| config_error(kafka, error))?;
+        let producer = RwLock::new(Arc::new(producer));
         let queue_limit = config
             .get("queue.buffering.max.messages")
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_QUEUE_LIMIT);
         Ok(Self {
+            config,
             producer,
             publish_timeout,
             queue_limit,
         })
     }
 
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    fn current(&self) -> Arc<KafkaProducer> {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
+
+    /// Replaces `producer` if it is dead and still the current one: librdkafka flagged it
+    /// fatal, or the broker refused its identity (`rejected`). Returns the reason when the
+    /// failure could not be repaired.
+    fn heal(
+        &self,
+        producer: &Arc<KafkaProducer>,
+        rejected: Option<RDKafkaErrorCode>,
+    ) -> Option<String> {
+        let (code, reason) = producer.client().fatal_error().or_else(|| {
+            rejected.filter(is_producer_identity_error).map(|code| {
+                (
+                    code,
+                    "the broker no longer accepts this producer".to_owned(),
+                )
+            })
+        })?;
+        let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&slot, producer) {
+            return None;
+        }
+        match self
+            .config
+            .create_with_context::<QuietContext, KafkaProducer>(QuietContext)
+        {
+            Ok(fresh) => {
+                let failed = std::mem::replace(&mut *slot, Arc::new(fresh));
+                drop(slot);
+                tracing::warn!(
+                    %code,
+                    "Kafka producer failed fatally ({reason}); replaced it with a new producer"
+                );
+                // Destroying a producer can block while librdkafka tears down its threads.
+                std::thread::spawn(move || drop(failed));
+                None
+            }
+            Err(error) => Some(format!("{code}: {reason}; a new producer failed: {error}")),
+        }
+    }
+}
+
+/// Broker answers that mean this producer's id or epoch is dead for good. librdkafka repairs
+/// some of them itself (a stale epoch from Kafka 2.5+); brokers that answer `PRODUCER_FENCED`
+/// to an idempotent producer leave it failing every record until it is replaced.
+fn is_producer_identity_error(code: &RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::Fenced
+    )
 }
 
 fn config_error(kafka: &KafkaSettings, error: KafkaError) -> ConfigError {
@@ -101,6 +195,7 @@ fn config_error(kafka: &KafkaSettings, error: KafkaError) -> ConfigError {
 
 impl Publisher for KafkaPublisher {
     fn publish(&self, record: Record) -> PublishFuture<'_> {
+        let producer = self.current();
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
             headers = headers.insert(KafkaHeader {
@@ -108,8 +203,7 @@ impl Publisher for KafkaPublisher {
                 value: Some(value.as_bytes()),
             });
         }
-        let sent = self
-            .producer
+        let sent = producer
             .send_result(
                 FutureRecord::to(&record.topic)
                     .key(&record.key)
@@ -127,9 +221,21 @@ impl Publisher for KafkaPublisher {
             let delivery = sent?;
             // librdkafka's own message timeout is scanned about once a second; this is the
             // deadline the sender was promised.
-            match tokio::time::timeout(deadline, delivery).await {
+            let outcome = tokio::time::timeout(deadline, delivery).await;
+            match &outcome {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err((error, _)))) => {
+                    self.heal(&producer, error.rdkafka_error_code());
+                }
+                _ => {
+                    self.heal(&producer, None);
+                }
+            }
+            match outcome {
                 Err(_) => Err(PublishError::Timeout(deadline)),
-                Ok(Err(_canceled)) => Err(PublishError::ShuttingDown),
+                Ok(Err(_canceled)) => Err(PublishError::Failed(
+                    "the producer closed before the broker acknowledged".to_owned(),
+                )),
                 Ok(Ok(Ok(delivery))) => Ok(Stored {
                     partition: delivery.partition,
                     offset: delivery.offset,
@@ -144,14 +250,14 @@ impl Publisher for KafkaPublisher {
     }
 
     fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        self.producer
+        self.current()
             .flush(timeout)
             .map_err(|error| PublishError::Failed(error.to_string()))
     }
 
     fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
         let metadata = self
-            .producer
+            .current()
             .client()
             .fetch_metadata(None, timeout)
             .map_err(|error| format!("Kafka is not reachable: {error}"))?;
@@ -173,15 +279,12 @@ impl Publisher for KafkaPublisher {
     }
 
     fn fatal_error(&self) -> Option<String> {
-        self.producer
-            .client()
-            .fatal_error()
-            .map(|(code, reason)| format!("{code}: {reason}"))
+        self.heal(&self.current(), None)
     }
 
     fn queue(&self) -> QueueDepth {
         QueueDepth {
-            waiting: usize::try_from(self.producer.in_flight_count()).unwrap_or_default(),
+            waiting: usize::try_from(self.current().in_flight_count()).unwrap_or_default(),
             limit: self.queue_limit,
         }
     }

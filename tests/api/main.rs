@@ -7,5 +7,7 @@ mod delivery;
 mod faults;
 mod ingress;
 mod ordering;
+mod outage;
+mod process;
 mod records;
 mod shutdown;

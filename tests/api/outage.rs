@@ -1,0 +1,185 @@
+//! A real broker that becomes unreachable and comes back: 503 within the deadline while it is
+//! gone, readiness follows, liveness does not, and the bridge accepts again without a restart.
+//!
+//! The outage is a cut network path, not a broker restart: tansu 0.6.0's file-backed storage
+//! panics when an idempotent producer from before a restart writes again (`more or less than
+//! one row` in its idempotence check), which breaks the broker for every client. A cuttable
+//! proxy in front of a running broker (which advertises the proxy's address, so every
+//! connection goes through it) is the same outage as seen from the bridge.
+//!
+//! tansu also answers the producer's epoch bump after the outage with `PRODUCER_FENCED` for
+//! good, so this test fails unless the bridge replaces a producer the broker refuses
+//! (`publish::kafka::KafkaPublisher::heal`).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::helpers::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_broker(listen_port: u16, advertised_port: u16) -> Broker {
+    let tansu = std::env::var("TANSU_BIN").expect("TANSU_BIN is set by scripts/test.sh");
+    let child = Command::new(tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{listen_port}"),
+        ])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised_port}"),
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", listen_port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Broker(child)
+}
+
+/// A TCP proxy that can be cut (listener closed, every connection dropped) and restored.
+struct Proxy {
+    up: Arc<watch::Sender<bool>>,
+}
+
+impl Proxy {
+    fn start(port: u16, upstream: u16) -> Self {
+        let (up, _) = watch::channel(true);
+        let up = Arc::new(up);
+        let state = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut watcher = state.subscribe();
+                if !*watcher.borrow_and_update() {
+                    let _ = watcher.wait_for(|up| *up).await;
+                    continue;
+                }
+                let listener = TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .expect("proxy binds");
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((mut client, _)) = accepted else { continue };
+                            let mut cut = state.subscribe();
+                            tokio::spawn(async move {
+                                let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                    _ = cut.wait_for(|up| !*up) => {}
+                                }
+                            });
+                        }
+                        _ = watcher.wait_for(|up| !*up) => break,
+                    }
+                }
+            }
+        });
+        Self { up }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_gives_503s_then_the_bridge_recovers_without_restart() {
+    let (broker_port, proxy_port) = (free_port(), free_port());
+    let _broker = start_broker(broker_port, proxy_port);
+    let proxy = Proxy::start(proxy_port, broker_port);
+    let bootstrap = format!("127.0.0.1:{proxy_port}");
+    let topics = TestTopics::new();
+    topics.create(&bootstrap).await;
+    let app = spawn_app_on(&bootstrap, topics, &[("BRIDGE_PUBLISH_TIMEOUT_MS", "1500")]).await;
+    app.wait_ready().await;
+    let before = app.post_accepted(message("chat-down", 0)).await;
+
+    proxy.cut();
+    let started = Instant::now();
+    let response = app.post(message("chat-down", 1)).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.get_admin("/readyz").await.status() != 503 {
+        assert!(Instant::now() < deadline, "readiness never noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.get_admin("/healthz").await.status(),
+        200,
+        "alive through the outage"
+    );
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let response = app.post(message("chat-down", 1)).await;
+        if response.status() == 202 {
+            break response.json::<serde_json::Value>().await.expect("json");
+        }
+        assert_eq!(response.status(), 503);
+        assert!(Instant::now() < deadline, "the bridge never accepted again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let last = app.post_accepted(message("chat-down", 2)).await;
+    app.wait_ready().await;
+
+    let records = app.read(&app.topics.messages, 3).await;
+    let ids: Vec<&str> = records.iter().filter_map(|r| r.header("ce_id")).collect();
+    for answer in [&before, &after, &last] {
+        assert!(
+            ids.contains(&answer["id"].as_str().expect("id")),
+            "{answer} is not in Kafka"
+        );
+    }
+    let mut texts: Vec<String> = records
+        .iter()
+        .map(|r| {
+            r.json()["message"]["text"]
+                .as_str()
+                .expect("text")
+                .to_owned()
+        })
+        .collect();
+    texts.dedup();
+    assert_eq!(
+        texts,
+        ["0", "1", "2"],
+        "the chat's order survived the outage"
+    );
+}
