@@ -140,6 +140,8 @@ pub struct Settings {
     pub event_source: Arc<str>,
     pub ack_mode: AckMode,
     pub publish_timeout: Duration,
+    /// How long a sender may take to send its headers, and again its body.
+    pub request_timeout: Duration,
     pub max_in_flight: usize,
     pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
@@ -165,6 +167,7 @@ struct BridgeVars {
     bridge_event_source: Option<String>,
     bridge_ack_mode: Option<String>,
     bridge_publish_timeout_ms: Option<u64>,
+    bridge_request_timeout_ms: Option<u64>,
     bridge_max_in_flight: Option<u64>,
     bridge_shutdown_delay_ms: Option<u64>,
     bridge_shutdown_timeout_ms: Option<u64>,
@@ -313,6 +316,11 @@ impl Settings {
                 bridge.bridge_publish_timeout_ms.unwrap_or(5000),
                 MAX_TIMEOUT_MS,
             )?),
+            request_timeout: Duration::from_millis(positive(
+                "BRIDGE_REQUEST_TIMEOUT_MS",
+                bridge.bridge_request_timeout_ms.unwrap_or(10_000),
+                MAX_TIMEOUT_MS,
+            )?),
             max_in_flight: positive(
                 "BRIDGE_MAX_IN_FLIGHT",
                 bridge.bridge_max_in_flight.unwrap_or(4096),
@@ -398,6 +406,10 @@ impl Settings {
             (
                 "BRIDGE_PUBLISH_TIMEOUT_MS",
                 self.publish_timeout.as_millis().to_string(),
+            ),
+            (
+                "BRIDGE_REQUEST_TIMEOUT_MS",
+                self.request_timeout.as_millis().to_string(),
             ),
             ("BRIDGE_MAX_IN_FLIGHT", self.max_in_flight.to_string()),
             (

@@ -87,6 +87,7 @@ impl Application {
             publisher: publisher.clone(),
             metrics: metrics.clone().into_inner(),
             max_body_bytes: settings.max_body_bytes,
+            body_timeout: settings.request_timeout,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
         });
 
@@ -102,7 +103,8 @@ impl Application {
                 .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
                 .disable_signals()
                 .shutdown_timeout(drain_secs)
-                .client_request_timeout(Duration::from_secs(10))
+                // Headers must arrive within the request timeout; the body gets its own (see `http`).
+                .client_request_timeout(settings.request_timeout)
                 .client_disconnect_timeout(Duration::from_secs(2))
                 .keep_alive(Duration::from_secs(75))
                 .listen(listener)

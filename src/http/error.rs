@@ -17,6 +17,8 @@ pub enum IngressError {
     PayloadTooLarge { limit: usize },
     #[error("the body could not be read: {0}")]
     UnreadableBody(String),
+    #[error("the body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The body was dead-lettered and the sender told why.
     #[error("{0}")]
     Rejected(Rejection),
@@ -40,6 +42,7 @@ impl IngressError {
             IngressError::Unauthorized => "unauthorized",
             IngressError::PayloadTooLarge { .. } => "payload_too_large",
             IngressError::UnreadableBody(_) => "unreadable_body",
+            IngressError::BodyTimeout(_) => "request_timeout",
             IngressError::Rejected(rejection) => rejection.code(),
             IngressError::Overloaded => "overloaded",
             IngressError::NotStored(PublishError::QueueFull) => "queue_full",
@@ -68,6 +71,7 @@ impl ResponseError for IngressError {
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
+            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Rejected(rejection) if rejection.is_malformed() => {
                 StatusCode::BAD_REQUEST
             }

@@ -26,10 +26,6 @@ pub use error::IngressError;
 
 pub const WEBHOOK_PATH: &str = "/webhooks/omnichat";
 
-/// A sender that has not finished its body by then is cut off: a trickling client must not hold
-/// an in-flight slot forever.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Everything a request needs, shared by all workers.
 pub struct Ingress {
     pub authenticator: Authenticator,
@@ -37,6 +33,9 @@ pub struct Ingress {
     pub publisher: Arc<dyn Publisher>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// A sender that has not finished its body by then is cut off, so a trickling client
+    /// cannot hold an in-flight slot.
+    pub body_timeout: Duration,
     pub in_flight: Arc<Semaphore>,
 }
 
@@ -111,7 +110,13 @@ async fn accept(
     if early.is_none() && !authenticator.may_be_signed(request) {
         return Err(IngressError::Unauthorized);
     }
-    let body = read_body(request, payload, ingress.max_body_bytes).await?;
+    let body = read_body(
+        request,
+        payload,
+        ingress.max_body_bytes,
+        ingress.body_timeout,
+    )
+    .await?;
     let received_at = OffsetDateTime::now_utc();
     // A valid signature names the event, whichever method authenticated the request.
     let signed = authenticator
@@ -200,6 +205,7 @@ async fn read_body(
     request: &HttpRequest,
     payload: web::Payload,
     limit: usize,
+    deadline: Duration,
 ) -> Result<Bytes, IngressError> {
     let declared = request
         .headers()
@@ -209,11 +215,8 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(IngressError::PayloadTooLarge { limit });
     }
-    match tokio::time::timeout(BODY_READ_TIMEOUT, payload.to_bytes_limited(limit)).await {
-        Err(_) => Err(IngressError::UnreadableBody(format!(
-            "the body did not arrive within {} seconds",
-            BODY_READ_TIMEOUT.as_secs()
-        ))),
+    match tokio::time::timeout(deadline, payload.to_bytes_limited(limit)).await {
+        Err(_) => Err(IngressError::BodyTimeout(deadline)),
         Ok(Err(_)) => Err(IngressError::PayloadTooLarge { limit }),
         Ok(Ok(Err(error))) => Err(IngressError::UnreadableBody(error.to_string())),
         Ok(Ok(Ok(body))) => Ok(body),

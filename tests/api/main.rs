@@ -6,6 +6,7 @@ mod helpers;
 mod delivery;
 mod faults;
 mod ingress;
+mod limits;
 mod ordering;
 mod outage;
 mod process;

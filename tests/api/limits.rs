@@ -1,0 +1,86 @@
+//! Slow and trickling senders cannot hold resources: headers and bodies each have
+//! `BRIDGE_REQUEST_TIMEOUT_MS`, after which the connection is answered or closed and its
+//! in-flight slot freed.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// Reads until the server closes the connection or `limit` passes; returns what arrived.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.ok()?;
+    Some(String::from_utf8_lossy(&received).into_owned())
+}
+
+fn host_port(app: &TestApp) -> String {
+    app.address.trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test]
+async fn connections_that_trickle_their_headers_are_closed_at_the_request_timeout() {
+    let app = spawn_app_with(&[("BRIDGE_REQUEST_TIMEOUT_MS", "1000")]).await;
+    app.wait_ready().await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(host_port(&app)).await.expect("connect");
+        stream
+            .write_all(b"POST /webhooks/omnichat HTTP/1.1\r\nHost: bridge\r\n")
+            .await
+            .expect("write");
+        slow.push(stream);
+    }
+    let started = Instant::now();
+    for stream in &mut slow {
+        let answer = read_until_closed(stream, Duration::from_secs(5)).await;
+        assert!(
+            answer.is_some(),
+            "a connection with unfinished headers stayed open"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    app.post_accepted(SEED).await;
+}
+
+#[tokio::test]
+async fn a_trickled_body_gets_408_and_frees_its_in_flight_slot() {
+    let app = spawn_app_with(&[
+        ("BRIDGE_REQUEST_TIMEOUT_MS", "1000"),
+        ("BRIDGE_MAX_IN_FLIGHT", "1"),
+    ])
+    .await;
+    app.wait_ready().await;
+    let mut stream = TcpStream::connect(host_port(&app)).await.expect("connect");
+    let head = format!(
+        "POST /webhooks/omnichat HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 500\r\n\r\n{{\"objectId\""
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the server answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    app.post_accepted(SEED).await;
+}
