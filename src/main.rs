@@ -5,12 +5,14 @@ use omnichat_bridge::config::Settings;
 use omnichat_bridge::startup::{Application, check_kafka, shutdown_signal};
 use omnichat_bridge::telemetry;
 
-const USAGE: &str = "usage: omnichat-bridge [check-config]
+const USAGE: &str = "usage: omnichat-bridge [check-config | healthcheck]
 
 Configured only by environment variables (see the README).
   (no argument)   run the bridge
   check-config    validate the settings, connect to Kafka, check the topics exist,
-                  print the effective settings (secrets redacted); exit 0 or 1";
+                  print the effective settings (secrets redacted); exit 0 or 1
+  healthcheck     exit 0 when the running bridge's /readyz answers 200 (for container
+                  health checks in images without a shell)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -18,6 +20,7 @@ async fn main() -> ExitCode {
     match command.as_deref() {
         None => run().await,
         Some("check-config") => check_config(),
+        Some("healthcheck") => healthcheck(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -90,6 +93,39 @@ fn check_config() -> ExitCode {
         }
         Err(error) => {
             eprintln!("omnichat-bridge: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Asks the admin port's `/readyz` with a plain HTTP/1.0 request: the runtime image has no curl.
+fn healthcheck() -> ExitCode {
+    use std::io::{Read, Write};
+    let admin = std::env::var("BRIDGE_ADMIN_ADDR").unwrap_or_else(|_| "0.0.0.0:9090".to_owned());
+    let port = admin.rsplit(':').next().unwrap_or("9090");
+    let answer = (|| -> std::io::Result<String> {
+        let address = format!("127.0.0.1:{port}");
+        let timeout = Duration::from_secs(2);
+        let addr = address
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("bad address {address}")))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })();
+    match answer {
+        Ok(answer) if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") => {
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!("not ready: {}", answer.lines().last().unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("not ready: {error}");
             ExitCode::FAILURE
         }
     }

@@ -216,3 +216,25 @@ async fn sigterm_under_load_exits_0_and_every_202_is_in_kafka() {
         accepted.len()
     );
 }
+
+#[tokio::test]
+async fn healthcheck_exits_0_only_while_the_bridge_is_ready() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let admin = app.admin_address.trim_start_matches("http://").to_owned();
+    let run = |addr: String| async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BINARY)
+                .env_clear()
+                .env("BRIDGE_ADMIN_ADDR", addr)
+                .arg("healthcheck")
+                .output()
+                .expect("runs")
+                .status
+        })
+        .await
+        .expect("task")
+    };
+    assert!(run(admin).await.success());
+    assert!(!run(format!("127.0.0.1:{}", free_port())).await.success());
+}

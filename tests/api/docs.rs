@@ -1,0 +1,113 @@
+//! What operators read must match what the code does: every variable the code reads is in the
+//! README, and the README, the manifests and the compose file name no variable it does not.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `BRIDGE_...` name in a text.
+fn bridge_variables(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (start, _) in text.match_indices("BRIDGE_") {
+        let name: String = text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if !name.ends_with('_') {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// What the code reads: names it spells out, and envy's `bridge_*` fields (envy matches
+/// variables case-insensitively).
+fn code_variables() -> BTreeSet<String> {
+    let source = read(&root().join("src/config.rs"));
+    let mut names = bridge_variables(&source);
+    names.extend(
+        bridge_variables(&source.to_uppercase())
+            .into_iter()
+            .filter(|name| source.contains(&format!("{}:", name.to_lowercase()))),
+    );
+    names
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_readme_documents_exactly_the_variables_the_code_reads() {
+    let code = code_variables();
+    assert!(
+        code.contains("BRIDGE_SPOOL_DIR") && code.contains("BRIDGE_LISTEN_ADDR"),
+        "{code:?}"
+    );
+    let readme = bridge_variables(&read(&root().join("README.md")));
+    let undocumented: Vec<_> = code.difference(&readme).collect();
+    let unknown: Vec<_> = readme.difference(&code).collect();
+    assert!(
+        undocumented.is_empty(),
+        "read by the code, missing from the README: {undocumented:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "in the README, never read by the code: {unknown:?}"
+    );
+    assert!(read(&root().join("README.md")).contains("KAFKA_BOOTSTRAP_SERVERS"));
+}
+
+#[test]
+fn manifests_and_compose_name_only_variables_the_code_reads() {
+    let code = code_variables();
+    let mut files = vec![root().join("docker-compose.yml")];
+    files_under(&root().join("deploy"), &mut files);
+    assert!(files.len() > 5, "{files:?}");
+    for file in files {
+        let named = bridge_variables(&read(&file));
+        let unknown: Vec<_> = named.difference(&code).collect();
+        assert!(
+            unknown.is_empty(),
+            "{} names variables the code never reads: {unknown:?}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn the_shutdown_budget_fits_in_the_grace_period() {
+    let deployment = read(&root().join("deploy/base/deployment.yaml"));
+    let config = read(&root().join("deploy/base/kustomization.yaml"));
+    let number_after = |text: &str, key: &str| -> u64 {
+        let rest = &text[text.find(key).unwrap_or_else(|| panic!("{key}")) + key.len()..];
+        rest.chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .expect("number")
+    };
+    let grace_secs = number_after(&deployment, "terminationGracePeriodSeconds:");
+    let timeout_ms = number_after(&config, "BRIDGE_SHUTDOWN_TIMEOUT_MS=");
+    let delay_ms = number_after(&config, "BRIDGE_SHUTDOWN_DELAY_MS=");
+    assert!(delay_ms < timeout_ms);
+    assert!(
+        timeout_ms < grace_secs * 1000,
+        "the kubelet would kill a draining pod"
+    );
+}
