@@ -8,6 +8,10 @@
 use actix_web::{App, HttpResponse, HttpServer, web};
 use serde_json::json;
 
+/// The same allocator as the bridge, so the comparison measures the bridge's work, not malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 async fn receive(body: web::Bytes) -> HttpResponse {
     match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(_) => HttpResponse::Accepted().json(json!({"status": "accepted"})),

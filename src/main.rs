@@ -14,6 +14,9 @@ Configured only by environment variables (see the README).
   healthcheck     exit 0 when the running bridge's /readyz answers 200 (for container
                   health checks in images without a shell)";
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let command = std::env::args().nth(1);

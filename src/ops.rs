@@ -15,6 +15,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use crate::config::Topics;
+use crate::omnichat::{Action, Resource};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: u16,
@@ -39,6 +42,9 @@ pub struct Metrics {
     requests: Family<StatusLabels, Counter>,
     request_duration: Histogram,
     events: Family<EventLabels, Counter>,
+    /// The nine documented resource × event counters, created once so the hot path does not
+    /// build label strings: `[resource][event]`, Message/Interaction/Order × CREATE/UPDATE/DELETE.
+    known_events: [[Counter; 3]; 3],
     dead_letters: Family<CodeLabels, Counter>,
     publish_latency: Histogram,
     pub in_flight: Gauge,
@@ -51,14 +57,8 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(topics: &Topics) -> Self {
         let mut registry = Registry::with_prefix("omnichat_bridge");
         let requests = Family::<StatusLabels, Counter>::default();
         registry.register(
@@ -113,8 +113,25 @@ impl Metrics {
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        let known_events = [
+            (&topics.messages, "Message"),
+            (&topics.interactions, "Interaction"),
+            (&topics.orders, "Order"),
+        ]
+        .map(|(topic, resource)| {
+            ["CREATE", "UPDATE", "DELETE"].map(|event| {
+                events
+                    .get_or_create(&EventLabels {
+                        topic: topic.to_string(),
+                        resource: resource.to_owned(),
+                        event: event.to_owned(),
+                    })
+                    .clone()
+            })
+        });
         Self {
             registry,
+            known_events,
             requests,
             request_duration,
             events,
@@ -133,16 +150,37 @@ impl Metrics {
 
     pub fn observe_event(
         &self,
-        (topic, resource, event): (String, String, String),
+        topic: &str,
+        resource: &Resource<'_>,
+        action: &Action<'_>,
         took: Duration,
     ) {
-        self.events
-            .get_or_create(&EventLabels {
-                topic,
-                resource,
-                event,
-            })
-            .inc();
+        let resource_index = match resource {
+            Resource::Message => Some(0),
+            Resource::Interaction => Some(1),
+            Resource::Order => Some(2),
+            Resource::Other(_) => None,
+        };
+        let action_index = match action {
+            Action::Create => Some(0),
+            Action::Update => Some(1),
+            Action::Delete => Some(2),
+            Action::Other(_) => None,
+        };
+        match (resource_index, action_index) {
+            (Some(r), Some(a)) => {
+                self.known_events[r][a].inc();
+            }
+            _ => {
+                self.events
+                    .get_or_create(&EventLabels {
+                        topic: topic.to_owned(),
+                        resource: resource.as_str().to_owned(),
+                        event: action.as_str().to_owned(),
+                    })
+                    .inc();
+            }
+        }
         self.publish_latency.observe(took.as_secs_f64());
     }
 

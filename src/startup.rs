@@ -79,7 +79,7 @@ impl Application {
         let port = local_port(&listener);
         let admin_port = local_port(&admin_listener);
 
-        let metrics = web::Data::new(Metrics::new());
+        let metrics = web::Data::new(Metrics::new(&settings.topics));
         let health = web::Data::new(Health::default());
         let ingress = web::Data::new(Ingress {
             authenticator: Authenticator::new(&settings.auth),

@@ -15,12 +15,17 @@
 
 use sha2::{Digest, Sha256};
 
-use super::time;
 use crate::omnichat::Webhook;
 use serde_json::value::RawValue;
 
-/// The event id of a webhook that was not signed.
-pub fn for_webhook(webhook: &Webhook<'_>, body: &[u8]) -> String {
+/// The event id of a webhook that was not signed. `occurred_at` and `updated_at` are the
+/// normalized times where they were readable (normalization has them already).
+pub fn for_webhook(
+    webhook: &Webhook<'_>,
+    occurred_at: Option<&str>,
+    updated_at: Option<&str>,
+    body: &[u8],
+) -> String {
     let mut hash = Sha256::new();
     hash.update(b"omnichat-bridge/v1\0");
     for part in [
@@ -31,12 +36,15 @@ pub fn for_webhook(webhook: &Webhook<'_>, body: &[u8]) -> String {
         hash.update(part.as_bytes());
         hash.update(b"\0");
     }
-    let updated_at = webhook.message.as_ref().and_then(|m| m.updated_at);
-    for instant in [webhook.timestamp, updated_at] {
-        hash.update(canonical_time(instant).as_bytes());
+    let raw_updated_at = webhook.message.as_ref().and_then(|m| m.updated_at);
+    for (normalized, raw) in [
+        (occurred_at, webhook.timestamp),
+        (updated_at, raw_updated_at),
+    ] {
+        hash.update(canonical_time(normalized, raw).as_bytes());
         hash.update(b"\0");
     }
-    if webhook.timestamp.is_none() && updated_at.is_none() {
+    if webhook.timestamp.is_none() && raw_updated_at.is_none() {
         hash.update(Sha256::digest(body));
     }
     uuid_v8(&hash.finalize())
@@ -47,13 +55,8 @@ pub fn for_bytes(body: &[u8]) -> String {
     uuid_v8(&Sha256::digest(body))
 }
 
-fn canonical_time(raw: Option<&RawValue>) -> String {
-    match raw {
-        None => String::new(),
-        Some(raw) => time::parse(raw)
-            .map(time::format)
-            .unwrap_or_else(|| raw.get().to_owned()),
-    }
+fn canonical_time<'a>(normalized: Option<&'a str>, raw: Option<&'a RawValue>) -> &'a str {
+    normalized.or(raw.map(RawValue::get)).unwrap_or_default()
 }
 
 fn uuid_v8(digest: &[u8]) -> String {
@@ -78,7 +81,18 @@ mod tests {
 
     fn id(body: &str) -> String {
         let webhook = Webhook::parse(body.as_bytes()).expect("test webhook parses");
-        for_webhook(&webhook, body.as_bytes())
+        let read = |raw: Option<&RawValue>| {
+            raw.and_then(super::super::time::parse)
+                .map(super::super::time::format)
+        };
+        let occurred_at = read(webhook.timestamp);
+        let updated_at = read(webhook.message.as_ref().and_then(|m| m.updated_at));
+        for_webhook(
+            &webhook,
+            occurred_at.as_deref(),
+            updated_at.as_deref(),
+            body.as_bytes(),
+        )
     }
 
     const BASE: &str = r#"{"objectId":"m1","resource":"Message","event":"UPDATE","timestamp":1681825655283,"payload":{"chat":{"objectId":"c1"},"updatedAt":"2023-04-18T13:47:35.255Z","text":"a"}}"#;

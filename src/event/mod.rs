@@ -10,10 +10,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use time::format as rfc3339;
 
 use crate::config::Topics;
-use crate::omnichat::{Action, Message, Rejection, Resource, Webhook};
+use crate::omnichat::{Action, Rejection, Resource, Webhook};
 use crate::publish::{Header, Record};
 
 /// What the bridge knows about a request besides its body.
@@ -41,12 +42,21 @@ impl Normalizer {
 
     /// The record for a webhook.
     pub fn event(&self, webhook: &Webhook<'_>, receipt: &Receipt<'_>) -> Record {
+        let read_time = |raw: Option<&RawValue>| raw.and_then(time::parse).map(rfc3339);
+        let occurred_at = read_time(webhook.timestamp);
+        let message = webhook.message.as_ref();
+        let created_at = read_time(message.and_then(|m| m.created_at));
+        let updated_at = read_time(message.and_then(|m| m.updated_at));
         let id = match receipt.signed_id {
             Some(signed) => signed.to_owned(),
-            None => id::for_webhook(webhook, receipt.body),
+            None => id::for_webhook(
+                webhook,
+                occurred_at.as_deref(),
+                updated_at.as_deref(),
+                receipt.body,
+            ),
         };
         let kind = event_type(&webhook.resource, &webhook.action);
-        let occurred_at = webhook.timestamp.and_then(time::parse).map(rfc3339);
         let received_at = rfc3339(receipt.received_at);
         let key = webhook.key().to_owned();
 
@@ -60,10 +70,20 @@ impl Normalizer {
             chat_id: webhook.message.as_ref().map(|m| &*m.chat_id),
             occurred_at: occurred_at.as_deref(),
             received_at: &received_at,
-            message: webhook
-                .message
-                .as_ref()
-                .map(|m| MessageValue::new(m, &webhook.object_id)),
+            message: message.map(|m| MessageValue {
+                object_id: m.object_id.as_deref().unwrap_or(&webhook.object_id),
+                chat_id: &m.chat_id,
+                platform: m.platform.as_deref(),
+                status: m.status.as_deref(),
+                system: m.system,
+                kind: m.kind.as_deref(),
+                text: m.text.as_deref(),
+                created_at: created_at.as_deref(),
+                updated_at: updated_at.as_deref(),
+                user_id: m.user_id.as_deref(),
+                route_to_user_id: m.route_to_user_id.as_deref(),
+                route_to_team_id: m.route_to_team_id.as_deref(),
+            }),
         };
         let value = value.to_json_with_raw(receipt.body);
 
@@ -211,30 +231,11 @@ struct MessageValue<'a> {
     #[serde(rename = "type")]
     kind: Option<&'a str>,
     text: Option<&'a str>,
-    created_at: Option<String>,
-    updated_at: Option<String>,
+    created_at: Option<&'a str>,
+    updated_at: Option<&'a str>,
     user_id: Option<&'a str>,
     route_to_user_id: Option<&'a str>,
     route_to_team_id: Option<&'a str>,
-}
-
-impl<'a> MessageValue<'a> {
-    fn new(message: &'a Message<'a>, envelope_id: &'a str) -> Self {
-        Self {
-            object_id: message.object_id.as_deref().unwrap_or(envelope_id),
-            chat_id: &message.chat_id,
-            platform: message.platform.as_deref(),
-            status: message.status.as_deref(),
-            system: message.system,
-            kind: message.kind.as_deref(),
-            text: message.text.as_deref(),
-            created_at: message.created_at.and_then(time::parse).map(rfc3339),
-            updated_at: message.updated_at.and_then(time::parse).map(rfc3339),
-            user_id: message.user_id.as_deref(),
-            route_to_user_id: message.route_to_user_id.as_deref(),
-            route_to_team_id: message.route_to_team_id.as_deref(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -25,6 +24,16 @@ pub use auth::{Authenticator, Credential};
 pub use error::IngressError;
 
 pub const WEBHOOK_PATH: &str = "/webhooks/omnichat";
+
+/// The 202 answer.
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    id: &'a str,
+    status: &'static str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
 
 /// Everything a request needs, shared by all workers.
 pub struct Ingress {
@@ -147,11 +156,6 @@ async fn accept(
             let record = ingress.normalizer.event(&webhook, &receipt);
             let id = record.header("ce_id").unwrap_or_default().to_owned();
             let topic = record.topic.clone();
-            let labels = (
-                topic.to_string(),
-                webhook.resource.as_str().to_owned(),
-                webhook.action.as_str().to_owned(),
-            );
             let started = Instant::now();
             let stored = ingress
                 .publisher
@@ -166,14 +170,19 @@ async fn accept(
                         "Event not stored, answered 503: {error}"
                     );
                 })?;
-            ingress.metrics.observe_event(labels, started.elapsed());
-            Ok(HttpResponse::Accepted().json(json!({
-                "id": id,
-                "status": "accepted",
-                "topic": &*topic,
-                "partition": stored.partition,
-                "offset": stored.offset,
-            })))
+            ingress.metrics.observe_event(
+                &topic,
+                &webhook.resource,
+                &webhook.action,
+                started.elapsed(),
+            );
+            Ok(HttpResponse::Accepted().json(Accepted {
+                id: &id,
+                status: "accepted",
+                topic: &topic,
+                partition: stored.partition,
+                offset: stored.offset,
+            }))
         }
         Err(rejection) => {
             let record = ingress.normalizer.dead_letter(&rejection, &receipt);
