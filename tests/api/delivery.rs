@@ -7,17 +7,11 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// A local port with nothing listening on it.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 async fn app_without_kafka(extra: &[(&str, &str)]) -> TestApp {
     let mut overrides = vec![("BRIDGE_PUBLISH_TIMEOUT_MS", "1000")];
     overrides.extend_from_slice(extra);
     spawn_app_on(
-        &format!("127.0.0.1:{}", closed_port()),
+        &format!("127.0.0.1:{}", free_port()),
         TestTopics::new(),
         &overrides,
     )
@@ -65,12 +59,7 @@ async fn sheds_load_past_the_in_flight_limit_at_once() {
     // Wait until the first request holds the only slot.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let metrics = app
-            .get_admin("/metrics")
-            .await
-            .text()
-            .await
-            .expect("metrics");
+        let metrics = app.metrics().await;
         if metrics.contains("omnichat_bridge_in_flight_requests 1") {
             break;
         }

@@ -54,20 +54,6 @@ async fn post_until_accepted(app: &TestApp, body: String, within: Duration) -> V
     }
 }
 
-fn texts_of(records: &[ReadRecord], chat: &str) -> Vec<usize> {
-    records
-        .iter()
-        .filter(|r| r.key.as_deref() == Some(chat))
-        .map(|r| {
-            r.json()["message"]["text"]
-                .as_str()
-                .expect("text")
-                .parse()
-                .expect("n")
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn with_every_broker_down_it_answers_503_and_recovers_without_restart() {
     let MockSetup { cluster, app } = mock_setup(1, &[]).await;

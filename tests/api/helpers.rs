@@ -214,6 +214,14 @@ impl TestApp {
             .expect("admin request")
     }
 
+    pub async fn metrics(&self) -> String {
+        self.get_admin("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics")
+    }
+
     /// Waits for readiness, so the first requests do not race the producer's first metadata.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -431,4 +439,96 @@ fn murmur2_matches_kafkas_published_test_vectors() {
     ] {
         assert_eq!(murmur2(input.as_bytes()), expected, "{input}");
     }
+}
+
+/// A local port with nothing listening on it (for a moment).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The `text` numbers of one chat's message records, in the order read.
+pub fn texts_of(records: &[ReadRecord], chat: &str) -> Vec<usize> {
+    records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(chat))
+        .map(|r| {
+            r.json()["message"]["text"]
+                .as_str()
+                .expect("text")
+                .parse()
+                .expect("a number")
+        })
+        .collect()
+}
+
+/// Concurrent senders posting numbered messages (one chat each) until told to stop; each
+/// returns the event ids it was answered 202 for. Only 202 and 503 are acceptable answers;
+/// connection errors (a listener that closed) are retried until the stop.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    senders: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+pub fn start_load(url: &str, senders: usize) -> Load {
+    use std::sync::atomic::Ordering;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let senders = (0..senders)
+        .map(|sender| {
+            let (client, url, stop) = (client.clone(), url.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                    let body = message(&format!("chat-{sender}"), n);
+                    match client.post(&url).bearer_auth(TOKEN).body(body).send().await {
+                        Ok(response) if response.status() == 202 => {
+                            let answer: Value = response.json().await.expect("json");
+                            accepted.push(answer["id"].as_str().expect("id").to_owned());
+                            n += 1;
+                        }
+                        Ok(response) => {
+                            assert_eq!(response.status(), 503, "only 202 or 503 while stopping")
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    Load { stop, senders }
+}
+
+impl Load {
+    /// Stops the senders; returns every event id answered 202.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut accepted = Vec::new();
+        for sender in self.senders {
+            accepted.extend(sender.await.expect("sender"));
+        }
+        accepted
+    }
+}
+
+/// Asserts that every id is on a record of the topic.
+pub async fn assert_all_stored(bootstrap: &str, topic: &str, accepted: &[String]) {
+    let stored = read_records(bootstrap, topic, accepted.len(), Duration::from_secs(20)).await;
+    let stored: std::collections::HashSet<&str> =
+        stored.iter().filter_map(|r| r.header("ce_id")).collect();
+    let lost = accepted
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} events answered 202 are not in Kafka",
+        accepted.len()
+    );
 }

@@ -302,12 +302,7 @@ async fn the_admin_port_reports_health_readiness_and_metrics() {
     assert_eq!(app.get_admin("/healthz").await.status(), 200);
     app.post_accepted(SEED).await;
     let _ = app.post(b"nope".to_vec()).await;
-    let metrics = app
-        .get_admin("/metrics")
-        .await
-        .text()
-        .await
-        .expect("metrics");
+    let metrics = app.metrics().await;
     for expected in [
         "omnichat_bridge_http_requests_total{status=\"202\"} 1",
         "omnichat_bridge_http_requests_total{status=\"400\"} 1",

@@ -104,11 +104,7 @@ async fn every_answer_of_the_ingress_matches_the_openapi_document() {
 
 #[tokio::test]
 async fn the_unavailable_answers_match_the_openapi_document() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let app = spawn_app_on(
         &format!("127.0.0.1:{port}"),
         TestTopics::new(),

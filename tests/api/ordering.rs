@@ -55,17 +55,10 @@ async fn concurrent_chats_each_keep_their_own_order() {
     assert_eq!(records.len(), chats * per_chat);
     for c in 0..chats {
         let chat = format!("chat-{c}");
-        let texts: Vec<usize> = records
-            .iter()
-            .filter(|r| r.key.as_deref() == Some(chat.as_str()))
-            .map(|r| {
-                r.json()["message"]["text"]
-                    .as_str()
-                    .expect("text")
-                    .parse()
-                    .expect("n")
-            })
-            .collect();
-        assert_eq!(texts, (0..per_chat).collect::<Vec<_>>(), "{chat}");
+        assert_eq!(
+            texts_of(&records, &chat),
+            (0..per_chat).collect::<Vec<_>>(),
+            "{chat}"
+        );
     }
 }

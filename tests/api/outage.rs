@@ -20,14 +20,6 @@ use tokio::sync::watch;
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 struct Broker(Child);
 
 impl Drop for Broker {
