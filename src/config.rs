@@ -147,6 +147,49 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub kafka: KafkaSettings,
+    /// `BRIDGE_*` variables that are not settings: typos, or Kubernetes service links of a
+    /// Service named `bridge`. Warned about at start, never fatal.
+    pub unknown_variables: Vec<String>,
+}
+
+/// Every `BRIDGE_*` variable the bridge reads.
+const BRIDGE_VARIABLES: &[&str] = &[
+    "BRIDGE_LISTEN_ADDR",
+    "BRIDGE_ADMIN_ADDR",
+    "BRIDGE_MAX_BODY_BYTES",
+    "BRIDGE_AUTH_TOKENS",
+    "BRIDGE_WEBHOOK_SECRETS",
+    "BRIDGE_ALLOW_UNAUTHENTICATED",
+    "BRIDGE_TOPIC_MESSAGES",
+    "BRIDGE_TOPIC_INTERACTIONS",
+    "BRIDGE_TOPIC_ORDERS",
+    "BRIDGE_TOPIC_OTHER",
+    "BRIDGE_TOPIC_DEADLETTER",
+    "BRIDGE_EVENT_SOURCE",
+    "BRIDGE_ACK_MODE",
+    "BRIDGE_PUBLISH_TIMEOUT_MS",
+    "BRIDGE_REQUEST_TIMEOUT_MS",
+    "BRIDGE_MAX_IN_FLIGHT",
+    "BRIDGE_SHUTDOWN_DELAY_MS",
+    "BRIDGE_SHUTDOWN_TIMEOUT_MS",
+    "BRIDGE_LOG_FORMAT",
+    "BRIDGE_SPOOL_DIR",
+    "BRIDGE_SPOOL_MAX_BYTES",
+];
+
+/// The known variable an unknown one most likely meant: the one sharing the longest prefix.
+fn closest_variable(unknown: &str) -> &'static str {
+    BRIDGE_VARIABLES
+        .iter()
+        .max_by_key(|known| {
+            known
+                .bytes()
+                .zip(unknown.bytes())
+                .take_while(|(a, b)| a == b)
+                .count()
+        })
+        .copied()
+        .unwrap_or("BRIDGE_AUTH_TOKENS")
 }
 
 /// The raw `BRIDGE_*` variables. envy names the variable in its parse errors only for numbers
@@ -338,6 +381,12 @@ impl Settings {
             )?),
             log_format,
             kafka,
+            unknown_variables: vars
+                .iter()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with("BRIDGE_") && !BRIDGE_VARIABLES.contains(&k.as_str()))
+                .cloned()
+                .collect(),
         };
         if settings.shutdown_delay >= settings.shutdown_timeout {
             return Err(ConfigError::new(
@@ -356,6 +405,12 @@ impl Settings {
                 "BRIDGE_ALLOW_UNAUTHENTICATED=true: anyone who reaches the port can publish events"
                     .to_owned(),
             );
+        }
+        for unknown in &self.unknown_variables {
+            warnings.push(format!(
+                "{unknown} is not a setting of this bridge and is ignored (did you mean {}?)",
+                closest_variable(unknown)
+            ));
         }
         if self.auth.tokens.iter().any(|t| t.expose().len() < 16) {
             warnings.push(
@@ -705,6 +760,19 @@ mod tests {
             let line = error.to_string();
             assert!(line.contains(variable) && !line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn warns_about_unknown_bridge_variables_naming_the_likely_one() {
+        let mut all = minimal();
+        all.push(("BRIDGE_PUBLISH_TIMEOUT", "100"));
+        let settings = Settings::from_vars(vars(&all)).expect("unknown variables are not fatal");
+        let warnings = settings.warnings().join("\n");
+        assert!(
+            warnings.contains("BRIDGE_PUBLISH_TIMEOUT is not a setting")
+                && warnings.contains("did you mean BRIDGE_PUBLISH_TIMEOUT_MS?"),
+            "{warnings}"
+        );
     }
 
     #[test]

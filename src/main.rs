@@ -1,7 +1,9 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use omnichat_bridge::config::Settings;
+use omnichat_bridge::publish::kafka::KafkaPublisher;
 use omnichat_bridge::startup::{Application, check_kafka, shutdown_signal};
 use omnichat_bridge::telemetry;
 
@@ -47,6 +49,15 @@ async fn run() -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
+    // The producer is created before anything is logged: librdkafka checks every KAFKA_*
+    // property here, and a bad one must stop the process with its one error line alone.
+    let publisher = match KafkaPublisher::new(&settings.kafka, settings.publish_timeout) {
+        Ok(publisher) => Arc::new(publisher),
+        Err(error) => {
+            eprintln!("omnichat-bridge: {error}");
+            return ExitCode::from(2);
+        }
+    };
     telemetry::init(settings.log_format);
     for warning in settings.warnings() {
         tracing::warn!("{warning}");
@@ -54,7 +65,7 @@ async fn run() -> ExitCode {
     let effective: std::collections::BTreeMap<_, _> = settings.effective().into_iter().collect();
     tracing::info!(settings = ?effective, "Starting omnichat-bridge {}", env!("CARGO_PKG_VERSION"));
 
-    let app = match Application::build(settings) {
+    let app = match Application::with_publisher(settings, publisher) {
         Ok(app) => app,
         Err(error) => {
             eprintln!("omnichat-bridge: {error}");

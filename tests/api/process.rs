@@ -10,10 +10,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_omnichat-bridge");
 
 fn bridge_command(vars: &[(String, String)]) -> Command {
     let mut command = Command::new(BINARY);
-    command
-        .env_clear()
-        .envs(vars.iter().cloned())
-        .env("RUST_LOG", "warn");
+    command.env_clear().envs(vars.iter().cloned());
     command
 }
 
