@@ -276,7 +276,13 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .default_service(web::to(|| async {
+            HttpResponse::NotFound().json(json!({"error": {
+                "code": "not_found",
+                "message": "the admin port serves GET /healthz, /readyz and /metrics"
+            }}))
+        }));
 }
 
 async fn healthz(health: web::Data<Health>) -> HttpResponse {
