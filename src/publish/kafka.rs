@@ -1,8 +1,9 @@
 //! The Kafka publisher: an idempotent librdkafka producer with `acks=all`, whose delivery report
 //! is awaited before a webhook is answered.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
@@ -12,6 +13,10 @@ use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{PublishError, PublishFuture, Publisher, QueueDepth, Record, Stored};
+
+/// The shortest time without any acknowledgement, while Kafka answers metadata, after which a
+/// producer counts as stuck (at least twice the publish deadline).
+const STUCK_AFTER_AT_LEAST: Duration = Duration::from_secs(10);
 
 /// librdkafka's default `queue.buffering.max.messages`.
 const DEFAULT_QUEUE_LIMIT: usize = 100_000;
@@ -86,6 +91,10 @@ pub struct KafkaPublisher {
     producer: RwLock<Arc<KafkaProducer>>,
     publish_timeout: Duration,
     queue_limit: usize,
+    started: Instant,
+    /// Milliseconds since `started` when deliveries began failing with none succeeding since;
+    /// 0 while the last delivery succeeded.
+    failing_since_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -114,7 +123,56 @@ impl KafkaPublisher {
             producer,
             publish_timeout,
             queue_limit,
+            started: Instant::now(),
+            failing_since_ms: AtomicU64::new(0),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn record_outcome(&self, delivered: bool) {
+        if delivered {
+            self.failing_since_ms.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self.failing_since_ms.compare_exchange(
+                0,
+                self.now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A producer is stuck when the cluster answers (the caller's metadata probe succeeded)
+    /// yet nothing was acknowledged for a good while and deliveries keep failing. Seen after a
+    /// broker restart that lost its producer state: librdkafka bumps the epoch and retries
+    /// forever. A new producer starts with a new producer id.
+    fn replace_if_stuck(&self) {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        let stuck_after = (self.publish_timeout * 2).max(STUCK_AFTER_AT_LEAST);
+        if since == 0 || self.now_ms() - since < stuck_after.as_millis() as u64 {
+            return;
+        }
+        let stuck = self.current();
+        let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&slot, &stuck) {
+            return;
+        }
+        if let Ok(fresh) = self
+            .config
+            .create_with_context::<QuietContext, KafkaProducer>(QuietContext)
+        {
+            let failed = std::mem::replace(&mut *slot, Arc::new(fresh));
+            drop(slot);
+            self.failing_since_ms.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                stuck_for_ms = self.now_ms() - since,
+                "Kafka answers but acknowledged nothing; replaced the producer with a new one"
+            );
+            std::thread::spawn(move || drop(failed));
+        }
     }
 
     fn current(&self) -> Arc<KafkaProducer> {
@@ -222,6 +280,7 @@ impl Publisher for KafkaPublisher {
             // librdkafka's own message timeout is scanned about once a second; this is the
             // deadline the sender was promised.
             let outcome = tokio::time::timeout(deadline, delivery).await;
+            self.record_outcome(matches!(outcome, Ok(Ok(Ok(_)))));
             match &outcome {
                 Ok(Ok(Ok(_))) => {}
                 Ok(Ok(Err((error, _)))) => {
@@ -271,6 +330,7 @@ impl Publisher for KafkaPublisher {
                     .any(|t| t.name() == *name && t.error().is_none() && !t.partitions().is_empty())
             })
             .collect();
+        self.replace_if_stuck();
         if missing.is_empty() {
             Ok(())
         } else {

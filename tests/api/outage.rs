@@ -1,7 +1,8 @@
-//! A real broker that becomes unreachable and comes back: 503 within the deadline while it is
-//! gone, readiness follows, liveness does not, and the bridge accepts again without a restart.
+//! A real broker that becomes unreachable and comes back, or is stopped and started again: 503
+//! within the deadline while it is gone, readiness follows, liveness does not, and the bridge
+//! accepts again without a restart.
 //!
-//! The outage is a cut network path, not a broker restart: tansu 0.6.0's file-backed storage
+//! The first outage is a cut network path: tansu 0.6.0's file-backed storage
 //! panics when an idempotent producer from before a restart writes again (`more or less than
 //! one row` in its idempotence check), which breaks the broker for every client. A cuttable
 //! proxy in front of a running broker (which advertises the proxy's address, so every
@@ -174,4 +175,52 @@ async fn an_unreachable_broker_gives_503s_then_the_bridge_recovers_without_resta
         ["0", "1", "2"],
         "the chat's order survived the outage"
     );
+}
+
+#[tokio::test]
+async fn a_restarted_broker_process_is_used_again_without_restarting_the_bridge() {
+    // A real stop and start of the broker process on the same port. With in-memory storage
+    // the new broker has lost the topics (recreated below) and has never seen the producer's
+    // id, the harshest restart a producer can meet.
+    let port = free_port();
+    let broker = start_broker(port, port);
+    let bootstrap = format!("127.0.0.1:{port}");
+    let topics = TestTopics::new();
+    topics.create(&bootstrap).await;
+    let app = spawn_app_on(
+        &bootstrap,
+        topics.clone(),
+        &[("BRIDGE_PUBLISH_TIMEOUT_MS", "1500")],
+    )
+    .await;
+    app.wait_ready().await;
+    app.post_accepted(message("chat-restart", 0)).await;
+
+    drop(broker);
+    let response = app.post(message("chat-restart", 1)).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(app.get_admin("/healthz").await.status(), 200);
+
+    let _broker = start_broker(port, port);
+    topics.create(&bootstrap).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let response = app.post(message("chat-restart", 1)).await;
+        if response.status() == 202 {
+            break response.json::<serde_json::Value>().await.expect("json");
+        }
+        assert_eq!(response.status(), 503);
+        assert!(Instant::now() < deadline, "the bridge never accepted again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let last = app.post_accepted(message("chat-restart", 2)).await;
+    app.wait_ready().await;
+    let records = app.read(&app.topics.messages, 2).await;
+    let ids: Vec<&str> = records.iter().filter_map(|r| r.header("ce_id")).collect();
+    for answer in [&after, &last] {
+        assert!(
+            ids.contains(&answer["id"].as_str().expect("id")),
+            "{answer} is not in Kafka"
+        );
+    }
 }
