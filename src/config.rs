@@ -143,6 +143,9 @@ pub struct Settings {
     /// How long a sender may take to send its headers, and again its body.
     pub request_timeout: Duration,
     pub max_in_flight: usize,
+    /// Open client connections, over all workers; more wait in the kernel's accept queue.
+    /// Each open connection can hold what its sender has sent so far, so this bounds memory.
+    pub max_connections: usize,
     pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -170,6 +173,7 @@ const BRIDGE_VARIABLES: &[&str] = &[
     "BRIDGE_PUBLISH_TIMEOUT_MS",
     "BRIDGE_REQUEST_TIMEOUT_MS",
     "BRIDGE_MAX_IN_FLIGHT",
+    "BRIDGE_MAX_CONNECTIONS",
     "BRIDGE_SHUTDOWN_DELAY_MS",
     "BRIDGE_SHUTDOWN_TIMEOUT_MS",
     "BRIDGE_LOG_FORMAT",
@@ -212,6 +216,7 @@ struct BridgeVars {
     bridge_publish_timeout_ms: Option<u64>,
     bridge_request_timeout_ms: Option<u64>,
     bridge_max_in_flight: Option<u64>,
+    bridge_max_connections: Option<u64>,
     bridge_shutdown_delay_ms: Option<u64>,
     bridge_shutdown_timeout_ms: Option<u64>,
     bridge_log_format: Option<String>,
@@ -369,6 +374,11 @@ impl Settings {
                 bridge.bridge_max_in_flight.unwrap_or(4096),
                 1 << 20,
             )? as usize,
+            max_connections: positive(
+                "BRIDGE_MAX_CONNECTIONS",
+                bridge.bridge_max_connections.unwrap_or(1024),
+                1 << 20,
+            )? as usize,
             shutdown_delay: Duration::from_millis(at_most(
                 "BRIDGE_SHUTDOWN_DELAY_MS",
                 bridge.bridge_shutdown_delay_ms.unwrap_or(5000),
@@ -467,6 +477,7 @@ impl Settings {
                 self.request_timeout.as_millis().to_string(),
             ),
             ("BRIDGE_MAX_IN_FLIGHT", self.max_in_flight.to_string()),
+            ("BRIDGE_MAX_CONNECTIONS", self.max_connections.to_string()),
             (
                 "BRIDGE_SHUTDOWN_DELAY_MS",
                 self.shutdown_delay.as_millis().to_string(),

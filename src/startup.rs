@@ -98,9 +98,11 @@ impl Application {
             .saturating_sub(settings.shutdown_delay)
             .as_secs()
             .max(1);
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let server =
             HttpServer::new(move || App::new().app_data(ingress.clone()).configure(http::routes))
-                .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .workers(workers)
+                .max_connections(settings.max_connections.div_ceil(workers).max(1))
                 .disable_signals()
                 .shutdown_timeout(drain_secs)
                 // Headers must arrive within the request timeout; the body gets its own (see `http`).
