@@ -47,8 +47,6 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("Kafka did not take the record: {0}")]
     Failed(String),
-    #[error("the bridge is shutting down")]
-    ShuttingDown,
 }
 
 pub type PublishFuture<'a> =

@@ -47,7 +47,6 @@ impl IngressError {
             IngressError::Overloaded => "overloaded",
             IngressError::NotStored(PublishError::QueueFull) => "queue_full",
             IngressError::NotStored(PublishError::Timeout(_)) => "publish_timeout",
-            IngressError::NotStored(PublishError::ShuttingDown) => "shutting_down",
             IngressError::NotStored(PublishError::Failed(_)) => "publish_failed",
             IngressError::NotFound => "not_found",
             IngressError::MethodNotAllowed => "method_not_allowed",
