@@ -155,24 +155,34 @@ impl KafkaPublisher {
         if since == 0 || self.now_ms() - since < stuck_after.as_millis() as u64 {
             return;
         }
-        let stuck = self.current();
-        let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&slot, &stuck) {
-            return;
+        let why = format!(
+            "Kafka answers but acknowledged nothing for {} ms",
+            self.now_ms() - since
+        );
+        if let Err(error) = self.replace(&self.current(), &why) {
+            tracing::error!("{error}");
         }
-        if let Ok(fresh) = self
+    }
+
+    /// Swaps in a new producer for `dead`, unless another caller already replaced it. The one
+    /// place a producer is replaced; every 202 was acknowledged before it was sent, so per-chat
+    /// order survives the swap.
+    fn replace(&self, dead: &Arc<KafkaProducer>, why: &str) -> Result<(), String> {
+        let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&slot, dead) {
+            return Ok(());
+        }
+        let fresh = self
             .config
             .create_with_context::<QuietContext, KafkaProducer>(QuietContext)
-        {
-            let failed = std::mem::replace(&mut *slot, Arc::new(fresh));
-            drop(slot);
-            self.failing_since_ms.store(0, Ordering::Relaxed);
-            tracing::warn!(
-                stuck_for_ms = self.now_ms() - since,
-                "Kafka answers but acknowledged nothing; replaced the producer with a new one"
-            );
-            std::thread::spawn(move || drop(failed));
-        }
+            .map_err(|error| format!("{why}; a new producer failed: {error}"))?;
+        let failed = std::mem::replace(&mut *slot, Arc::new(fresh));
+        drop(slot);
+        self.failing_since_ms.store(0, Ordering::Relaxed);
+        tracing::warn!("{why}; replaced the Kafka producer with a new one");
+        // Destroying a producer can block while librdkafka tears down its threads.
+        std::thread::spawn(move || drop(failed));
+        Ok(())
     }
 
     fn current(&self) -> Arc<KafkaProducer> {
@@ -182,43 +192,21 @@ impl KafkaPublisher {
             .clone()
     }
 
-    /// Replaces `producer` if it is dead and still the current one: librdkafka flagged it
-    /// fatal, or the broker refused its identity (`rejected`). Returns the reason when the
-    /// failure could not be repaired.
+    /// Replaces `producer` if it is dead: librdkafka flagged it fatal, or the broker refused
+    /// its identity (`rejected`). Returns the reason when the failure could not be repaired.
     fn heal(
         &self,
         producer: &Arc<KafkaProducer>,
         rejected: Option<RDKafkaErrorCode>,
     ) -> Option<String> {
-        let (code, reason) = producer.client().fatal_error().or_else(|| {
-            rejected.filter(is_producer_identity_error).map(|code| {
-                (
-                    code,
-                    "the broker no longer accepts this producer".to_owned(),
-                )
-            })
-        })?;
-        let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&slot, producer) {
-            return None;
-        }
-        match self
-            .config
-            .create_with_context::<QuietContext, KafkaProducer>(QuietContext)
-        {
-            Ok(fresh) => {
-                let failed = std::mem::replace(&mut *slot, Arc::new(fresh));
-                drop(slot);
-                tracing::warn!(
-                    %code,
-                    "Kafka producer failed fatally ({reason}); replaced it with a new producer"
-                );
-                // Destroying a producer can block while librdkafka tears down its threads.
-                std::thread::spawn(move || drop(failed));
-                None
+        let why = match producer.client().fatal_error() {
+            Some((code, reason)) => format!("the Kafka producer failed fatally ({code}: {reason})"),
+            None => {
+                let code = rejected.filter(is_producer_identity_error)?;
+                format!("the broker no longer accepts this producer ({code})")
             }
-            Err(error) => Some(format!("{code}: {reason}; a new producer failed: {error}")),
-        }
+        };
+        self.replace(producer, &why).err()
     }
 }
 
