@@ -41,19 +41,6 @@ async fn status_and_code(app: &TestApp, body: String) -> (u16, Value, Duration) 
     (status, json, started.elapsed())
 }
 
-/// Posts until a 202 comes back (each attempt bounded by the publish deadline).
-async fn post_until_accepted(app: &TestApp, body: String, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, json, _) = status_and_code(app, body.clone()).await;
-        if status == 202 {
-            return json;
-        }
-        assert_eq!(status, 503, "{json}");
-        assert!(Instant::now() < deadline, "never accepted again: {json}");
-    }
-}
-
 #[tokio::test]
 async fn with_every_broker_down_it_answers_503_and_recovers_without_restart() {
     let MockSetup { cluster, app } = mock_setup(1, &[]).await;
@@ -63,18 +50,12 @@ async fn with_every_broker_down_it_answers_503_and_recovers_without_restart() {
     let (status, json, took) = status_and_code(&app, message("chat-outage", 1)).await;
     assert_eq!(status, 503, "{json}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while app.get_admin("/readyz").await.status() != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness never noticed the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_not_ready().await;
     assert_eq!(app.get_admin("/healthz").await.status(), 200);
 
     cluster.broker_up(1).expect("up");
-    post_until_accepted(&app, message("chat-outage", 1), Duration::from_secs(30)).await;
+    app.post_until_accepted(message("chat-outage", 1), Duration::from_secs(30))
+        .await;
     app.post_accepted(message("chat-outage", 2)).await;
     app.wait_ready().await;
     let records = app.read(&app.topics.messages, 3).await;
@@ -100,7 +81,8 @@ async fn acknowledgements_slower_than_the_deadline_get_503_not_a_hang() {
     cluster
         .broker_round_trip_time(1, Duration::ZERO)
         .expect("rtt");
-    post_until_accepted(&app, message("chat-slow", 1), Duration::from_secs(30)).await;
+    app.post_until_accepted(message("chat-slow", 1), Duration::from_secs(30))
+        .await;
 }
 
 #[tokio::test]

@@ -234,6 +234,35 @@ impl TestApp {
         }
     }
 
+    /// Waits for readiness to report the outage (503).
+    pub async fn wait_not_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.get_admin("/readyz").await.status() != 503 {
+            assert!(
+                Instant::now() < deadline,
+                "readiness never noticed the outage"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Posts until a 202 comes back (each attempt bounded by the publish deadline; only 503s
+    /// are acceptable meanwhile), returning the answer.
+    pub async fn post_until_accepted(&self, body: String, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let response = self.post(body.clone()).await;
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap_or_default();
+            if status == 202 {
+                return answer;
+            }
+            assert_eq!(status, 503, "{answer}");
+            assert!(Instant::now() < deadline, "never accepted again: {answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs the shutdown sequence and waits for it to finish.
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
