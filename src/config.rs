@@ -49,13 +49,25 @@ impl ConfigError {
 }
 
 /// When a webhook is answered 202.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckMode {
     /// After the Kafka broker acknowledged the record (`acks=all`).
     Kafka,
     /// After the record is fsynced to the local spool.
-    Spool,
+    Spool(SpoolSettings),
 }
+
+/// Where the spool lives and how much disk it may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+/// The default bound on the spool's disk use.
+const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
+/// The smallest spool: a few segments of the smallest size.
+const MIN_SPOOL_MAX_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -242,6 +254,32 @@ fn is_secret_property(name: &str) -> bool {
 
 const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
+fn spool_settings(bridge: &BridgeVars, max_body_bytes: u64) -> Result<SpoolSettings, ConfigError> {
+    let dir = match &bridge.bridge_spool_dir {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.clone(),
+        _ => {
+            return Err(ConfigError::new(
+                "BRIDGE_SPOOL_DIR",
+                "is required with BRIDGE_ACK_MODE=spool: a directory on a persistent volume",
+            ));
+        }
+    };
+    let max_bytes = bridge
+        .bridge_spool_max_bytes
+        .unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
+    // A full spool must still hold a few of the largest events, so that it fills gradually.
+    let least = MIN_SPOOL_MAX_BYTES.max(4 * max_body_bytes);
+    if max_bytes < least {
+        return Err(ConfigError::new(
+            "BRIDGE_SPOOL_MAX_BYTES",
+            format!(
+                "must be at least {least} (1 MiB, and 4 x BRIDGE_MAX_BODY_BYTES), got {max_bytes}"
+            ),
+        ));
+    }
+    Ok(SpoolSettings { dir, max_bytes })
+}
+
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -278,14 +316,14 @@ impl Settings {
         let kafka = kafka_settings(&vars)?;
         let auth = auth_settings(&bridge)?;
 
+        let max_body_bytes = positive(
+            "BRIDGE_MAX_BODY_BYTES",
+            bridge.bridge_max_body_bytes.unwrap_or(1024 * 1024),
+            64 * 1024 * 1024,
+        )?;
         let ack_mode = match bridge.bridge_ack_mode.as_deref().unwrap_or("kafka") {
             "kafka" => AckMode::Kafka,
-            "spool" => {
-                return Err(ConfigError::new(
-                    "BRIDGE_ACK_MODE",
-                    "`spool` is not available in this version; use `kafka`",
-                ));
-            }
+            "spool" => AckMode::Spool(spool_settings(&bridge, max_body_bytes)?),
             other => {
                 return Err(ConfigError::new(
                     "BRIDGE_ACK_MODE",
@@ -293,8 +331,6 @@ impl Settings {
                 ));
             }
         };
-        // Read so that a typo in them is caught now, not when the spool arrives.
-        let _ = (&bridge.bridge_spool_dir, bridge.bridge_spool_max_bytes);
 
         let log_format = match bridge.bridge_log_format.as_deref().unwrap_or("json") {
             "json" => LogFormat::Json,
@@ -318,11 +354,7 @@ impl Settings {
                 bridge.bridge_admin_addr.as_deref(),
                 "0.0.0.0:9090",
             )?,
-            max_body_bytes: positive(
-                "BRIDGE_MAX_BODY_BYTES",
-                bridge.bridge_max_body_bytes.unwrap_or(1024 * 1024),
-                64 * 1024 * 1024,
-            )? as usize,
+            max_body_bytes: max_body_bytes as usize,
             auth,
             topics: Topics {
                 messages: topic(
@@ -467,7 +499,14 @@ impl Settings {
                 self.topics.deadletter.to_string(),
             ),
             ("BRIDGE_EVENT_SOURCE", self.event_source.to_string()),
-            ("BRIDGE_ACK_MODE", "kafka".to_owned()),
+            (
+                "BRIDGE_ACK_MODE",
+                match self.ack_mode {
+                    AckMode::Kafka => "kafka",
+                    AckMode::Spool(_) => "spool",
+                }
+                .to_owned(),
+            ),
             (
                 "BRIDGE_PUBLISH_TIMEOUT_MS",
                 self.publish_timeout.as_millis().to_string(),
@@ -490,6 +529,10 @@ impl Settings {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect::<Vec<_>>();
+        if let AckMode::Spool(spool) = &self.ack_mode {
+            rows.push(("BRIDGE_SPOOL_DIR".into(), spool.dir.display().to_string()));
+            rows.push(("BRIDGE_SPOOL_MAX_BYTES".into(), spool.max_bytes.to_string()));
+        }
         for p in &self.kafka.properties {
             let value = if p.is_secret {
                 "[redacted]".to_owned()
@@ -737,6 +780,23 @@ mod tests {
             ),
             (&[("BRIDGE_TOPIC_ORDERS", "orders!")], "BRIDGE_TOPIC_ORDERS"),
             (&[("BRIDGE_ACK_MODE", "eventually")], "BRIDGE_ACK_MODE"),
+            (&[("BRIDGE_ACK_MODE", "spool")], "BRIDGE_SPOOL_DIR"),
+            (
+                &[
+                    ("BRIDGE_ACK_MODE", "spool"),
+                    ("BRIDGE_SPOOL_DIR", "/var/spool/bridge"),
+                    ("BRIDGE_SPOOL_MAX_BYTES", "1000"),
+                ],
+                "BRIDGE_SPOOL_MAX_BYTES",
+            ),
+            (
+                &[
+                    ("BRIDGE_ACK_MODE", "spool"),
+                    ("BRIDGE_SPOOL_DIR", "/var/spool/bridge"),
+                    ("BRIDGE_SPOOL_MAX_BYTES", "lots"),
+                ],
+                "BRIDGE_SPOOL_MAX_BYTES",
+            ),
             (&[("BRIDGE_LOG_FORMAT", "xml")], "BRIDGE_LOG_FORMAT"),
             (
                 &[("BRIDGE_WEBHOOK_SECRETS", "whsec_***")],

@@ -8,6 +8,7 @@
 //! - [`omnichat`]: OmniChat's wire format, tolerant of unknown fields and values.
 //! - [`event`]: normalization into the schema-1 value, CloudEvents headers and event ids.
 //! - [`publish`]: the [`publish::Publisher`] seam and its Kafka implementation.
+//! - [`spool`]: spool mode's durable local log and the forwarder that drains it to Kafka.
 //! - [`ops`]: liveness, readiness and metrics on the admin port.
 //! - [`startup`]: binding, running, and the shutdown sequence.
 //! - [`telemetry`]: structured logs.
@@ -18,5 +19,6 @@ pub mod http;
 pub mod omnichat;
 pub mod ops;
 pub mod publish;
+pub mod spool;
 pub mod startup;
 pub mod telemetry;

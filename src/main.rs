@@ -1,10 +1,10 @@
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use omnichat_bridge::config::Settings;
-use omnichat_bridge::publish::kafka::KafkaPublisher;
-use omnichat_bridge::startup::{Application, check_kafka, shutdown_signal};
+use omnichat_bridge::startup::{
+    Application, check_kafka, kafka_publisher, publisher, shutdown_signal,
+};
 use omnichat_bridge::telemetry;
 
 const USAGE: &str = "usage: omnichat-bridge [check-config | healthcheck]
@@ -51,8 +51,8 @@ async fn run() -> ExitCode {
     };
     // The producer is created before anything is logged: librdkafka checks every KAFKA_*
     // property here, and a bad one must stop the process with its one error line alone.
-    let publisher = match KafkaPublisher::new(&settings.kafka, settings.publish_timeout) {
-        Ok(publisher) => Arc::new(publisher),
+    let kafka = match kafka_publisher(&settings) {
+        Ok(kafka) => kafka,
         Err(error) => {
             eprintln!("omnichat-bridge: {error}");
             return ExitCode::from(2);
@@ -65,7 +65,10 @@ async fn run() -> ExitCode {
     let effective: std::collections::BTreeMap<_, _> = settings.effective().into_iter().collect();
     tracing::info!(settings = ?effective, "Starting omnichat-bridge {}", env!("CARGO_PKG_VERSION"));
 
-    let app = match Application::with_publisher(settings, publisher) {
+    // In spool mode this recovers the spool, which may log what it found.
+    let app = match publisher(&settings, kafka)
+        .and_then(|publisher| Application::with_publisher(settings, publisher))
+    {
         Ok(app) => app,
         Err(error) => {
             eprintln!("omnichat-bridge: {error}");

@@ -1,8 +1,8 @@
 //! Operations: liveness, readiness and Prometheus metrics on the admin port, never the public
 //! one.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::config::Topics;
 use crate::omnichat::{Action, Resource};
+use crate::spool::SpoolStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
@@ -50,6 +51,17 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub queue_depth: Gauge,
     pub kafka_up: Gauge,
+    spool: Option<SpoolMetrics>,
+}
+
+/// Spool mode's gauges, set from the spool's status on every probe.
+#[derive(Debug, Default)]
+struct SpoolMetrics {
+    records: Gauge,
+    bytes: Gauge,
+    limit: Gauge,
+    oldest_age: Gauge<f64, AtomicU64>,
+    forwarded: Counter,
 }
 
 /// Seconds; from well under a millisecond to the longest default publish deadline.
@@ -58,8 +70,38 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 impl Metrics {
-    pub fn new(topics: &Topics) -> Self {
+    /// The bridge's metrics; the spool's only in spool mode.
+    pub fn new(topics: &Topics, spool: bool) -> Self {
         let mut registry = Registry::with_prefix("omnichat_bridge");
+        let spool = spool.then(|| {
+            let metrics = SpoolMetrics::default();
+            registry.register(
+                "spool_records",
+                "Records accepted into the spool and not yet acknowledged by Kafka",
+                metrics.records.clone(),
+            );
+            registry.register(
+                "spool_bytes",
+                "Bytes of the spool's files on disk, counted against BRIDGE_SPOOL_MAX_BYTES",
+                metrics.bytes.clone(),
+            );
+            registry.register(
+                "spool_limit_bytes",
+                "BRIDGE_SPOOL_MAX_BYTES: above it, webhooks are answered 503",
+                metrics.limit.clone(),
+            );
+            registry.register(
+                "spool_oldest_record_age_seconds",
+                "Age of the oldest spooled record not yet acknowledged by Kafka; 0 when none",
+                metrics.oldest_age.clone(),
+            );
+            registry.register(
+                "spool_forwarded_records",
+                "Spooled records acknowledged by Kafka (its rate is the forward rate)",
+                metrics.forwarded.clone(),
+            );
+            metrics
+        });
         let requests = Family::<StatusLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -140,7 +182,21 @@ impl Metrics {
             in_flight,
             queue_depth,
             kafka_up,
+            spool,
         }
+    }
+
+    pub fn observe_spool(&self, status: &SpoolStatus) {
+        let Some(spool) = &self.spool else { return };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        spool.records.set(gauge(status.records));
+        spool.bytes.set(gauge(status.bytes));
+        spool.limit.set(gauge(status.limit));
+        spool.oldest_age.set(status.oldest_age.as_secs_f64());
+        let counted = spool.forwarded.get();
+        spool
+            .forwarded
+            .inc_by(status.forwarded.saturating_sub(counted));
     }
 
     pub fn observe_request(&self, status: u16, took: Duration) {
@@ -201,24 +257,34 @@ impl Metrics {
     }
 }
 
+/// Reads the spool's status when readiness or metrics are asked for.
+pub type SpoolProbe = Arc<dyn Fn() -> Option<SpoolStatus> + Send + Sync>;
+
 /// What readiness is decided from.
-#[derive(Debug)]
 pub struct Health {
     draining: AtomicBool,
     /// The last probe's verdict on Kafka: `None` until the first probe finishes.
     kafka: Mutex<Option<Result<(), String>>>,
     queue_full: AtomicBool,
     fatal: Mutex<Option<String>>,
+    /// In spool mode, where the spool's status comes from: readiness then depends on its
+    /// room, not on Kafka.
+    spool: Option<SpoolProbe>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("draining", &self.draining)
+            .field("kafka", &self.kafka)
+            .field("spool", &self.spool_status())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self {
-            draining: AtomicBool::new(false),
-            kafka: Mutex::new(None),
-            queue_full: AtomicBool::new(false),
-            fatal: Mutex::new(None),
-        }
+        Self::new(None)
     }
 }
 
@@ -243,6 +309,22 @@ impl Health {
         self.queue_full.store(full, Ordering::SeqCst);
     }
 
+    /// `spool` is given in spool mode.
+    pub fn new(spool: Option<SpoolProbe>) -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            kafka: Mutex::new(None),
+            queue_full: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            spool,
+        }
+    }
+
+    /// The spool's status now, in spool mode.
+    pub fn spool_status(&self) -> Option<SpoolStatus> {
+        self.spool.as_ref().and_then(|probe| probe())
+    }
+
     pub fn set_fatal(&self, reason: String) {
         *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
@@ -250,16 +332,27 @@ impl Health {
     /// `Ok` while the process can still do its job; else why it must be restarted.
     pub fn liveness(&self) -> Result<(), String> {
         match &*self.fatal.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(reason) => Err(format!("the Kafka producer failed fatally: {reason}")),
+            Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }
     }
 
-    /// `Ok` when the bridge should get traffic, else the reason it should not.
+    /// `Ok` when the bridge should get traffic, else the reason it should not. In spool mode
+    /// that is while the spool has room, whether Kafka is reachable or not.
     pub fn readiness(&self) -> Result<(), String> {
         self.liveness()?;
         if self.is_draining() {
             return Err("shutting down".to_owned());
+        }
+        if let Some(spool) = self.spool_status() {
+            return if spool.has_room {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the spool is full ({} of {} bytes) until Kafka takes the backlog",
+                    spool.bytes, spool.limit
+                ))
+            };
         }
         if self.queue_full.load(Ordering::SeqCst) {
             return Err("the producer queue is at its limit".to_owned());
@@ -268,6 +361,29 @@ impl Health {
             None => Err("Kafka has not been probed yet".to_owned()),
             Some(verdict) => verdict.clone(),
         }
+    }
+
+    /// What readiness reports besides its verdict: in spool mode, Kafka's state and the
+    /// spool's, since the bridge is ready while Kafka is away.
+    pub fn details(&self) -> Option<serde_json::Value> {
+        let spool = self.spool_status()?;
+        let kafka = match &*self.kafka.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => "not probed yet".to_owned(),
+            Some(Ok(())) => "reachable".to_owned(),
+            Some(Err(reason)) => reason.clone(),
+        };
+        Some(json!({
+            "mode": "spool",
+            "kafka": kafka,
+            "spool": {
+                "records": spool.records,
+                "bytes": spool.bytes,
+                "limitBytes": spool.limit,
+                "oldestRecordAgeSeconds": spool.oldest_age.as_secs_f64(),
+                "forwarded": spool.forwarded,
+                "forwardError": spool.forward_error,
+            },
+        }))
     }
 }
 
@@ -295,14 +411,25 @@ async fn healthz(health: web::Data<Health>) -> HttpResponse {
 }
 
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
-    match health.readiness() {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
-        Err(reason) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not_ready", "reason": reason})),
+    let (mut response, mut body) = match health.readiness() {
+        Ok(()) => (HttpResponse::Ok(), json!({"status": "ready"})),
+        Err(reason) => (
+            HttpResponse::ServiceUnavailable(),
+            json!({"status": "not_ready", "reason": reason}),
+        ),
+    };
+    if let (Some(details), Some(body)) = (health.details(), body.as_object_mut())
+        && let Some(details) = details.as_object()
+    {
+        body.extend(details.clone());
     }
+    response.json(body)
 }
 
-async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+async fn metrics(metrics: web::Data<Metrics>, health: web::Data<Health>) -> HttpResponse {
+    if let Some(spool) = health.spool_status() {
+        metrics.observe_spool(&spool);
+    }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render())
@@ -331,6 +458,31 @@ mod tests {
         health.start_draining();
         assert_eq!(health.readiness(), Err("shutting down".into()));
         assert_eq!(health.liveness(), Ok(()), "draining is alive");
+    }
+
+    #[test]
+    fn in_spool_mode_ready_while_the_spool_has_room_whatever_kafka_says() {
+        let status = Arc::new(Mutex::new(SpoolStatus {
+            has_room: true,
+            limit: 100,
+            ..SpoolStatus::default()
+        }));
+        let source = status.clone();
+        let health = Health::new(Some(Arc::new(move || {
+            Some(source.lock().expect("status").clone())
+        })));
+        assert_eq!(health.readiness(), Ok(()), "no need to wait for Kafka");
+        health.set_kafka(Err("Kafka is not reachable".into()));
+        assert_eq!(health.readiness(), Ok(()));
+        let details = health.details().expect("spool details");
+        assert_eq!(details["mode"], "spool");
+        assert_eq!(details["kafka"], "Kafka is not reachable");
+        status.lock().expect("status").has_room = false;
+        let reason = health.readiness().expect_err("full");
+        assert!(reason.contains("spool is full"), "{reason}");
+        status.lock().expect("status").has_room = true;
+        health.start_draining();
+        assert_eq!(health.readiness(), Err("shutting down".into()));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The seam between normalization and storage: a [`Publisher`] takes a [`Record`] and resolves
 //! once the record is durably stored, or fails within a bounded time. Kafka is one
-//! implementation; tests use a recording fake, and the durable spool plugs in here.
+//! implementation, the durable spool (which forwards to Kafka) the other; tests plug in fakes.
 
 pub mod kafka;
 
@@ -10,7 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A header value: constants borrow, per-event values own.
+/// A header name or value: constants borrow, per-event values (and records read back from the
+/// spool) own.
 pub type Header = Cow<'static, str>;
 
 /// One Kafka record, ready to send.
@@ -18,7 +19,7 @@ pub type Header = Cow<'static, str>;
 pub struct Record {
     pub topic: Arc<str>,
     pub key: String,
-    pub headers: Vec<(&'static str, Header)>,
+    pub headers: Vec<(Header, Header)>,
     pub value: Vec<u8>,
 }
 
@@ -26,23 +27,40 @@ impl Record {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_ref())
+    }
+
+    /// The bytes librdkafka counts against `message.max.bytes`.
+    pub fn size(&self) -> usize {
+        self.key.len()
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
     }
 }
 
 /// Where a stored record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    pub partition: i32,
-    pub offset: i64,
+pub enum Stored {
+    /// Acknowledged by the broker at this partition and offset.
+    Kafka { partition: i32, offset: i64 },
+    /// Fsynced to the local spool; the forwarder takes it to Kafka.
+    Spooled,
 }
 
-/// Why a record was not stored. Every variant means the sender should retry later.
+/// Why a record was not stored. Every variant but `TooLarge` means the sender should retry later.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     #[error("the producer queue is full")]
     QueueFull,
+    #[error("the record is {size} bytes; Kafka takes at most {limit} (message.max.bytes)")]
+    TooLarge { size: usize, limit: usize },
+    #[error("the spool holds its limit of {limit} bytes until Kafka takes the backlog")]
+    SpoolFull { limit: u64 },
     #[error("Kafka did not acknowledge the record within {0:?}")]
     Timeout(Duration),
     #[error("Kafka did not take the record: {0}")]
@@ -76,6 +94,11 @@ pub trait Publisher: Send + Sync + 'static {
     /// Records taken but not yet stored, and how many may wait at once.
     fn queue(&self) -> QueueDepth {
         QueueDepth::default()
+    }
+
+    /// The spool's state, in spool mode.
+    fn spool(&self) -> Option<crate::spool::SpoolStatus> {
+        None
     }
 }
 

@@ -9,12 +9,17 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use tokio::sync::Semaphore;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{AckMode, ConfigError, Settings};
 use crate::event::Normalizer;
 use crate::http::{self, Authenticator, Ingress};
 use crate::ops::{self, Health, Metrics};
 use crate::publish::Publisher;
 use crate::publish::kafka::KafkaPublisher;
+use crate::spool::Spool;
+
+/// What normalization adds to a body at most (headers and the event's own fields), for the
+/// spool's "room for one more event" check.
+const LARGEST_EVENT_OVERHEAD: usize = 64 << 10;
 
 /// How often readiness asks Kafka for metadata.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -26,6 +31,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("KAFKA_BOOTSTRAP_SERVERS: {reason}")]
     Kafka { reason: String },
+    #[error("BRIDGE_SPOOL_DIR: {0}")]
+    Spool(#[from] crate::spool::log::LogError),
     #[error("cannot listen on {variable}={addr}: {source}")]
     Listen {
         variable: &'static str,
@@ -56,10 +63,12 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Binds both listeners and creates the Kafka producer.
+    /// Binds both listeners and creates the Kafka producer; in spool mode also recovers the
+    /// spool and starts forwarding it.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
-        let publisher = KafkaPublisher::new(&settings.kafka, settings.publish_timeout)?;
-        Self::with_publisher(settings, Arc::new(publisher))
+        let kafka = kafka_publisher(&settings)?;
+        let publisher = publisher(&settings, kafka)?;
+        Self::with_publisher(settings, publisher)
     }
 
     /// Binds both listeners around any publisher (tests use this seam).
@@ -79,8 +88,15 @@ impl Application {
         let port = local_port(&listener);
         let admin_port = local_port(&admin_listener);
 
-        let metrics = web::Data::new(Metrics::new(&settings.topics));
-        let health = web::Data::new(Health::default());
+        let metrics = web::Data::new(Metrics::new(
+            &settings.topics,
+            matches!(settings.ack_mode, AckMode::Spool(_)),
+        ));
+        let spool_publisher = publisher.clone();
+        let health = web::Data::new(Health::new(
+            matches!(settings.ack_mode, AckMode::Spool(_))
+                .then(|| -> ops::SpoolProbe { Arc::new(move || spool_publisher.spool()) }),
+        ));
         let ingress = web::Data::new(Ingress {
             authenticator: Authenticator::new(&settings.auth),
             normalizer: Normalizer::new(settings.topics.clone(), settings.event_source.clone()),
@@ -212,8 +228,10 @@ impl Application {
         }
         probe.abort();
 
-        // Everything answered 202 is already acknowledged; this flush sends what was queued for
-        // requests that were answered 503 or whose senders went away, so fewer come back.
+        // In kafka mode everything answered 202 is already acknowledged; this flush sends what
+        // was queued for requests that were answered 503 or whose senders went away, so fewer
+        // come back. In spool mode it gives the forwarder the rest of the budget to drain the
+        // spool; what it cannot send stays on disk for the next start.
         let remaining = settings
             .shutdown_timeout
             .saturating_sub(started.elapsed())
@@ -221,8 +239,8 @@ impl Application {
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(remaining)).await;
         match flushed {
             Ok(Ok(())) => tracing::info!("Producer flushed"),
-            Ok(Err(error)) => tracing::warn!("Producer flush incomplete: {error}"),
-            Err(error) => tracing::warn!("Producer flush failed: {error}"),
+            Ok(Err(error)) => tracing::warn!("Flush incomplete: {error}"),
+            Err(error) => tracing::warn!("Flush failed: {error}"),
         }
         admin_handle.stop(false).await;
         let _ = admin.await;
@@ -232,6 +250,36 @@ impl Application {
         );
         Ok(())
     }
+}
+
+/// The Kafka producer the mode needs: one that answers within the publish deadline, or in
+/// spool mode the forwarder's, which never gives a record up. librdkafka checks every
+/// `KAFKA_*` property here, so `main` creates it before anything is logged.
+pub fn kafka_publisher(settings: &Settings) -> Result<KafkaPublisher, ConfigError> {
+    match settings.ack_mode {
+        AckMode::Kafka => KafkaPublisher::new(&settings.kafka, settings.publish_timeout),
+        AckMode::Spool(_) => KafkaPublisher::unbounded(&settings.kafka, settings.publish_timeout),
+    }
+}
+
+/// What webhooks are handed to: the producer itself, or in spool mode the spool (recovered
+/// from its directory, its forwarder started) in front of it.
+pub fn publisher(
+    settings: &Settings,
+    kafka: KafkaPublisher,
+) -> Result<Arc<dyn Publisher>, StartupError> {
+    Ok(match &settings.ack_mode {
+        AckMode::Kafka => Arc::new(kafka),
+        AckMode::Spool(spool) => {
+            let max_record_bytes = kafka.max_record_bytes();
+            Arc::new(Spool::open(
+                spool,
+                settings.max_body_bytes + LARGEST_EVENT_OVERHEAD,
+                Arc::new(kafka),
+                max_record_bytes,
+            )?)
+        }
+    })
 }
 
 /// What `omnichat-bridge check-config` verifies before a rollout: the producer can be created
@@ -275,7 +323,7 @@ async fn probe_kafka(
             .fatal_error()
             .filter(|_| health.liveness().is_ok())
         {
-            tracing::error!("Kafka producer failed fatally, liveness now fails: {reason}");
+            tracing::error!("Liveness now fails: {reason}");
             health.set_fatal(reason);
         }
         let queue = publisher.queue();

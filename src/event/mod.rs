@@ -89,15 +89,24 @@ impl Normalizer {
 
         let time = occurred_at.unwrap_or_else(|| received_at.clone());
         let mut headers = Vec::with_capacity(8);
-        headers.push(("ce_specversion", Header::Borrowed("1.0")));
-        headers.push(("ce_id", Header::Owned(id)));
-        headers.push(("ce_source", Header::Owned(self.source.to_string())));
-        headers.push(("ce_type", kind));
-        headers.push(("ce_time", Header::Owned(time)));
-        headers.push(("ce_subject", Header::Owned(key.clone())));
-        headers.push(("content-type", Header::Borrowed("application/json")));
+        headers.push((Header::Borrowed("ce_specversion"), Header::Borrowed("1.0")));
+        headers.push((Header::Borrowed("ce_id"), Header::Owned(id)));
+        headers.push((
+            Header::Borrowed("ce_source"),
+            Header::Owned(self.source.to_string()),
+        ));
+        headers.push((Header::Borrowed("ce_type"), kind));
+        headers.push((Header::Borrowed("ce_time"), Header::Owned(time)));
+        headers.push((Header::Borrowed("ce_subject"), Header::Owned(key.clone())));
+        headers.push((
+            Header::Borrowed("content-type"),
+            Header::Borrowed("application/json"),
+        ));
         if let Some(traceparent) = receipt.traceparent {
-            headers.push(("traceparent", Header::Owned(traceparent.to_owned())));
+            headers.push((
+                Header::Borrowed("traceparent"),
+                Header::Owned(traceparent.to_owned()),
+            ));
         }
 
         Record {
@@ -113,16 +122,34 @@ impl Normalizer {
     pub fn dead_letter(&self, rejection: &Rejection, receipt: &Receipt<'_>) -> Record {
         let id = id::for_bytes(receipt.body);
         let mut headers = vec![
-            ("error_code", Header::Borrowed(rejection.code())),
-            ("error_message", Header::Owned(rejection.to_string())),
-            ("ce_specversion", Header::Borrowed("1.0")),
-            ("ce_id", Header::Owned(id.clone())),
-            ("ce_source", Header::Owned(self.source.to_string())),
-            ("ce_type", Header::Borrowed("chat.omni.deadletter")),
-            ("ce_time", Header::Owned(rfc3339(receipt.received_at))),
+            (
+                Header::Borrowed("error_code"),
+                Header::Borrowed(rejection.code()),
+            ),
+            (
+                Header::Borrowed("error_message"),
+                Header::Owned(rejection.to_string()),
+            ),
+            (Header::Borrowed("ce_specversion"), Header::Borrowed("1.0")),
+            (Header::Borrowed("ce_id"), Header::Owned(id.clone())),
+            (
+                Header::Borrowed("ce_source"),
+                Header::Owned(self.source.to_string()),
+            ),
+            (
+                Header::Borrowed("ce_type"),
+                Header::Borrowed("chat.omni.deadletter"),
+            ),
+            (
+                Header::Borrowed("ce_time"),
+                Header::Owned(rfc3339(receipt.received_at)),
+            ),
         ];
         if let Some(traceparent) = receipt.traceparent {
-            headers.push(("traceparent", Header::Owned(traceparent.to_owned())));
+            headers.push((
+                Header::Borrowed("traceparent"),
+                Header::Owned(traceparent.to_owned()),
+            ));
         }
         Record {
             topic: self.topics.deadletter.clone(),

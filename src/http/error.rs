@@ -46,6 +46,8 @@ impl IngressError {
             IngressError::Rejected(rejection) => rejection.code(),
             IngressError::Overloaded => "overloaded",
             IngressError::NotStored(PublishError::QueueFull) => "queue_full",
+            IngressError::NotStored(PublishError::TooLarge { .. }) => "payload_too_large",
+            IngressError::NotStored(PublishError::SpoolFull { .. }) => "spool_full",
             IngressError::NotStored(PublishError::Timeout(_)) => "publish_timeout",
             IngressError::NotStored(PublishError::Failed(_)) => "publish_failed",
             IngressError::NotFound => "not_found",
@@ -58,6 +60,7 @@ impl IngressError {
             IngressError::Overloaded | IngressError::NotStored(PublishError::QueueFull) => {
                 Some(RETRY_AFTER_OVERLOADED)
             }
+            IngressError::NotStored(PublishError::TooLarge { .. }) => None,
             IngressError::NotStored(_) => Some(RETRY_AFTER_UNAVAILABLE),
             _ => None,
         }
@@ -68,7 +71,10 @@ impl ResponseError for IngressError {
     fn status_code(&self) -> StatusCode {
         match self {
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
-            IngressError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::PayloadTooLarge { .. }
+            | IngressError::NotStored(PublishError::TooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             IngressError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Rejected(rejection) if rejection.is_malformed() => {

@@ -19,20 +19,25 @@ use tokio::sync::Semaphore;
 use crate::event::{Normalizer, Receipt, is_traceparent};
 use crate::omnichat::Webhook;
 use crate::ops::Metrics;
-use crate::publish::Publisher;
+use crate::publish::{Publisher, Stored};
 pub use auth::{Authenticator, Credential};
 pub use error::IngressError;
 
 pub const WEBHOOK_PATH: &str = "/webhooks/omnichat";
 
-/// The 202 answer.
+/// The 202 answer. Partition and offset are known only once the broker has the record, so a
+/// spooled event's answer says `spooled` instead.
 #[derive(serde::Serialize)]
 struct Accepted<'a> {
     id: &'a str,
     status: &'static str,
     topic: &'a str,
-    partition: i32,
-    offset: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<i64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    spooled: bool,
 }
 
 /// Everything a request needs, shared by all workers.
@@ -176,12 +181,17 @@ async fn accept(
                 &webhook.action,
                 started.elapsed(),
             );
+            let (partition, offset) = match stored {
+                Stored::Kafka { partition, offset } => (Some(partition), Some(offset)),
+                Stored::Spooled => (None, None),
+            };
             Ok(HttpResponse::Accepted().json(Accepted {
                 id: &id,
                 status: "accepted",
                 topic: &topic,
-                partition: stored.partition,
-                offset: stored.offset,
+                partition,
+                offset,
+                spooled: stored == Stored::Spooled,
             }))
         }
         Err(rejection) => {

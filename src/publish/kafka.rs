@@ -2,7 +2,7 @@
 //! is awaited before a webhook is answered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -20,6 +20,8 @@ const STUCK_AFTER_AT_LEAST: Duration = Duration::from_secs(10);
 
 /// librdkafka's default `queue.buffering.max.messages`.
 const DEFAULT_QUEUE_LIMIT: usize = 100_000;
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 use crate::config::{ConfigError, KafkaSettings};
 
 /// Properties the bridge sets before the operator's `KAFKA_*` ones. The guarded ones cannot be
@@ -34,7 +36,7 @@ fn base_config(publish_timeout: Duration) -> ClientConfig {
         // Kafka's Java partitioner, so every client agrees where a chat's key lives.
         .set("partitioner", "murmur2_random")
         // librdkafka gives up on a record when the sender has already been told 503, so a
-        // queued record does not outlive its answer by much.
+        // queued record does not outlive its answer by much. 0 (the forwarder) never gives up.
         .set(
             "message.timeout.ms",
             publish_timeout.as_millis().to_string(),
@@ -89,12 +91,18 @@ pub type KafkaProducer = FutureProducer<QuietContext>;
 pub struct KafkaPublisher {
     config: ClientConfig,
     producer: RwLock<Arc<KafkaProducer>>,
-    publish_timeout: Duration,
+    /// How long a record may wait for its acknowledgement; `None` for the spool's forwarder,
+    /// which waits as long as it takes, so that a record is never given up and sent again
+    /// behind a later one.
+    publish_timeout: Option<Duration>,
+    stuck_after: Duration,
     queue_limit: usize,
-    started: Instant,
-    /// Milliseconds since `started` when deliveries began failing with none succeeding since;
-    /// 0 while the last delivery succeeded.
-    failing_since_ms: AtomicU64,
+    max_record_bytes: usize,
+    /// Records acknowledged since start.
+    acknowledged: AtomicU64,
+    /// Since when records have been waiting with no acknowledgement, and the count of
+    /// acknowledgements then.
+    stalled: Mutex<Option<(u64, Instant)>>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -109,64 +117,86 @@ impl KafkaPublisher {
     /// Creates the producer. librdkafka checks every property here, so a bad `KAFKA_*` value
     /// stops the process at start, named by its variable.
     pub fn new(kafka: &KafkaSettings, publish_timeout: Duration) -> Result<Self, ConfigError> {
-        let config = client_config(kafka, publish_timeout);
+        Self::create(kafka, Some(publish_timeout), publish_timeout)
+    }
+
+    /// A producer that retries each record until the broker takes it (`message.timeout.ms=0`):
+    /// the spool's forwarder. `publish_timeout` only sets how soon a producer that gets no
+    /// acknowledgement from a cluster that answers counts as stuck.
+    pub fn unbounded(
+        kafka: &KafkaSettings,
+        publish_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        Self::create(kafka, None, publish_timeout)
+    }
+
+    fn create(
+        kafka: &KafkaSettings,
+        publish_timeout: Option<Duration>,
+        stuck_base: Duration,
+    ) -> Result<Self, ConfigError> {
+        let config = client_config(kafka, publish_timeout.unwrap_or(Duration::ZERO));
         let producer: KafkaProducer = config
             .create_with_context(QuietContext)
             .map_err(|error| config_error(kafka, error))?;
         let producer = RwLock::new(Arc::new(producer));
-        let queue_limit = config
-            .get("queue.buffering.max.messages")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_QUEUE_LIMIT);
+        let number = |name: &str, default: usize| {
+            config
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
         Ok(Self {
+            queue_limit: number("queue.buffering.max.messages", DEFAULT_QUEUE_LIMIT),
+            max_record_bytes: number("message.max.bytes", DEFAULT_MAX_RECORD_BYTES),
             config,
             producer,
             publish_timeout,
-            queue_limit,
-            started: Instant::now(),
-            failing_since_ms: AtomicU64::new(0),
+            stuck_after: (stuck_base * 2).max(STUCK_AFTER_AT_LEAST),
+            acknowledged: AtomicU64::new(0),
+            stalled: Mutex::new(None),
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64 + 1
-    }
-
-    fn record_outcome(&self, delivered: bool) {
-        if delivered {
-            self.failing_since_ms.store(0, Ordering::Relaxed);
-        } else {
-            let _ = self.failing_since_ms.compare_exchange(
-                0,
-                self.now_ms(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
+    /// The largest record the producer accepts (`message.max.bytes`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     /// A producer is stuck when the cluster answers (the caller's metadata probe succeeded)
-    /// yet nothing was acknowledged for a good while and deliveries keep failing. Seen after a
-    /// broker restart that lost its producer state: librdkafka bumps the epoch and retries
-    /// forever. A new producer starts with a new producer id.
+    /// yet records have waited a good while with none acknowledged. Seen after a broker restart
+    /// that lost its producer state: librdkafka bumps the epoch and retries forever. A new
+    /// producer starts with a new producer id.
     fn replace_if_stuck(&self) {
-        let since = self.failing_since_ms.load(Ordering::Relaxed);
-        let stuck_after = (self.publish_timeout * 2).max(STUCK_AFTER_AT_LEAST);
-        if since == 0 || self.now_ms() - since < stuck_after.as_millis() as u64 {
+        let producer = self.current();
+        let acknowledged = self.acknowledged.load(Ordering::Relaxed);
+        let waiting = producer.in_flight_count() > 0;
+        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        let since = match *stalled {
+            Some((seen, since)) if waiting && seen == acknowledged => since,
+            _ => {
+                *stalled = waiting.then(|| (acknowledged, Instant::now()));
+                return;
+            }
+        };
+        if since.elapsed() < self.stuck_after {
             return;
         }
+        *stalled = None;
+        drop(stalled);
         let why = format!(
             "Kafka answers but acknowledged nothing for {} ms",
-            self.now_ms() - since
+            since.elapsed().as_millis()
         );
-        if let Err(error) = self.replace(&self.current(), &why) {
+        if let Err(error) = self.replace(&producer, &why) {
             tracing::error!("{error}");
         }
     }
 
     /// Swaps in a new producer for `dead`, unless another caller already replaced it. The one
-    /// place a producer is replaced; every 202 was acknowledged before it was sent, so per-chat
-    /// order survives the swap.
+    /// place a producer is replaced. Dropping the old one purges what it still held, so its
+    /// waiting records fail (and are answered 503, or sent again by the forwarder) instead of
+    /// landing later, behind records of the new producer.
     fn replace(&self, dead: &Arc<KafkaProducer>, why: &str) -> Result<(), String> {
         let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
         if !Arc::ptr_eq(&slot, dead) {
@@ -178,7 +208,6 @@ impl KafkaPublisher {
             .map_err(|error| format!("{why}; a new producer failed: {error}"))?;
         let failed = std::mem::replace(&mut *slot, Arc::new(fresh));
         drop(slot);
-        self.failing_since_ms.store(0, Ordering::Relaxed);
         tracing::warn!("{why}; replaced the Kafka producer with a new one");
         // Destroying a producer can block while librdkafka tears down its threads.
         std::thread::spawn(move || drop(failed));
@@ -249,6 +278,7 @@ impl Publisher for KafkaPublisher {
                 value: Some(value.as_bytes()),
             });
         }
+        let limit = self.max_record_bytes;
         let sent = producer
             .send_result(
                 FutureRecord::to(&record.topic)
@@ -260,17 +290,28 @@ impl Publisher for KafkaPublisher {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
                     PublishError::QueueFull
                 }
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                    PublishError::TooLarge {
+                        size: record.size(),
+                        limit,
+                    }
+                }
                 error => PublishError::Failed(error.to_string()),
             });
+        let size = record.size();
         let deadline = self.publish_timeout;
         Box::pin(async move {
             let delivery = sent?;
             // librdkafka's own message timeout is scanned about once a second; this is the
             // deadline the sender was promised.
-            let outcome = tokio::time::timeout(deadline, delivery).await;
-            self.record_outcome(matches!(outcome, Ok(Ok(Ok(_)))));
+            let outcome = match deadline {
+                Some(deadline) => tokio::time::timeout(deadline, delivery).await,
+                None => Ok(delivery.await),
+            };
             match &outcome {
-                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Ok(_))) => {
+                    self.acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(Ok(Err((error, _)))) => {
                     self.heal(&producer, error.rdkafka_error_code());
                 }
@@ -278,19 +319,24 @@ impl Publisher for KafkaPublisher {
                     self.heal(&producer, None);
                 }
             }
+            let timeout = || PublishError::Timeout(deadline.unwrap_or_default());
             match outcome {
-                Err(_) => Err(PublishError::Timeout(deadline)),
+                Err(_) => Err(timeout()),
                 Ok(Err(_canceled)) => Err(PublishError::Failed(
                     "the producer closed before the broker acknowledged".to_owned(),
                 )),
-                Ok(Ok(Ok(delivery))) => Ok(Stored {
+                Ok(Ok(Ok(delivery))) => Ok(Stored::Kafka {
                     partition: delivery.partition,
                     offset: delivery.offset,
                 }),
                 Ok(Ok(Err((
                     KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
                     _,
-                )))) => Err(PublishError::Timeout(deadline)),
+                )))) => Err(timeout()),
+                Ok(Ok(Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    _,
+                )))) => Err(PublishError::TooLarge { size, limit }),
                 Ok(Ok(Err((error, _)))) => Err(PublishError::Failed(error.to_string())),
             }
         })

@@ -343,6 +343,18 @@ pub async fn read_records(
     count: usize,
     timeout: Duration,
 ) -> Vec<ReadRecord> {
+    read_records_then_idle(bootstrap, topic, count, timeout, Duration::ZERO).await
+}
+
+/// Like [`read_records`], but once `count` records arrived goes on reading until nothing more
+/// arrives for `idle`.
+async fn read_records_then_idle(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+    idle: Duration,
+) -> Vec<ReadRecord> {
     let bootstrap = bootstrap.to_owned();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -356,9 +368,12 @@ pub async fn read_records(
         consumer.assign(&assignment).expect("assign");
         let deadline = Instant::now() + timeout;
         let mut records = Vec::new();
-        while records.len() < count && Instant::now() < deadline {
+        let mut last_arrival = Instant::now();
+        while Instant::now() < deadline && (records.len() < count || last_arrival.elapsed() < idle)
+        {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => {
+                    last_arrival = Instant::now();
                     let headers = message
                         .headers()
                         .map(|h| {
@@ -560,4 +575,64 @@ pub async fn assert_all_stored(bootstrap: &str, topic: &str, accepted: &[String]
         "{lost} of {} events answered 202 are not in Kafka",
         accepted.len()
     );
+}
+
+/// A fresh directory for a spool, under the test target's temporary directory.
+pub fn spool_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("spool-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Overrides that put a bridge in spool mode on `dir`.
+pub fn spool_vars(dir: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        ("BRIDGE_ACK_MODE".into(), "spool".into()),
+        ("BRIDGE_SPOOL_DIR".into(), dir.display().to_string()),
+    ]
+}
+
+/// Reads `topic` from the start until at least `at_least` records arrived and then nothing
+/// more for a second: for topics where at-least-once delivery may have added duplicates.
+pub async fn read_all_records(bootstrap: &str, topic: &str, at_least: usize) -> Vec<ReadRecord> {
+    read_records_then_idle(
+        bootstrap,
+        topic,
+        at_least,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await
+}
+
+/// Each number once, where it first appears: what a consumer that drops repeated event ids
+/// sees.
+pub fn first_occurrences(numbers: &[usize]) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    numbers
+        .iter()
+        .copied()
+        .filter(|n| seen.insert(*n))
+        .collect()
+}
+
+impl TestApp {
+    /// `/readyz`'s status and body.
+    pub async fn readiness(&self) -> (u16, Value) {
+        let response = self.get_admin("/readyz").await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("readiness body"))
+    }
+
+    /// Waits until readiness reports an empty spool (everything acknowledged by Kafka).
+    pub async fn wait_spool_drained(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, body) = self.readiness().await;
+            if body["spool"]["records"] == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the spool never drained: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

@@ -14,3 +14,4 @@ mod outage;
 mod process;
 mod records;
 mod shutdown;
+mod spool;

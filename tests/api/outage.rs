@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::helpers::*;
 
-struct Broker(Child);
+pub struct Broker(Child);
 
 impl Drop for Broker {
     fn drop(&mut self) {
@@ -30,7 +30,7 @@ impl Drop for Broker {
     }
 }
 
-fn start_broker(listen_port: u16, advertised_port: u16) -> Broker {
+pub fn start_broker(listen_port: u16, advertised_port: u16) -> Broker {
     let tansu = std::env::var("TANSU_BIN").expect("TANSU_BIN is set by scripts/test.sh");
     let child = Command::new(tansu)
         .args([
@@ -56,12 +56,12 @@ fn start_broker(listen_port: u16, advertised_port: u16) -> Broker {
 }
 
 /// A TCP proxy that can be cut (listener closed, every connection dropped) and restored.
-struct Proxy {
+pub struct Proxy {
     up: Arc<watch::Sender<bool>>,
 }
 
 impl Proxy {
-    fn start(port: u16, upstream: u16) -> Self {
+    pub fn start(port: u16, upstream: u16) -> Self {
         let (up, _) = watch::channel(true);
         let up = Arc::new(up);
         let state = up.clone();
@@ -96,11 +96,11 @@ impl Proxy {
         Self { up }
     }
 
-    fn cut(&self) {
+    pub fn cut(&self) {
         self.up.send_replace(false);
     }
 
-    fn restore(&self) {
+    pub fn restore(&self) {
         self.up.send_replace(true);
     }
 }

@@ -274,3 +274,113 @@ async fn a_flood_is_shed_at_the_in_flight_limit_and_memory_stays_bounded() {
     let peak = peak_rss_mib(bridge.0.id());
     assert!(peak < 96, "peak RSS {peak} MiB under the flood");
 }
+
+/// Waits until the admin port answers `/readyz` with 200 and returns its body.
+async fn ready_body(
+    client: &reqwest::Client,
+    admin_port: u16,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(response) = client
+            .get(format!("http://127.0.0.1:{admin_port}/readyz"))
+            .send()
+            .await
+            && response.status() == 200
+        {
+            return response.json().await.expect("readiness body");
+        }
+        assert!(Instant::now() < deadline, "the bridge never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_no_spooled_event_and_keeps_each_chats_order() {
+    // The bridge is killed without warning, again and again, while 8 chats post as fast as
+    // they are answered: mid-write, mid-fsync and mid-forward. Each sender retries an event
+    // until it gets its 202, so the log can hold an event twice, but a chat never moves on
+    // before its event is durable. At the end one clean run drains the spool, and the broker
+    // must hold every event that got a 202, each chat in order.
+    let bootstrap = bootstrap();
+    let topics = TestTopics::new();
+    topics.create(&bootstrap).await;
+    let dir = spool_dir();
+    let (port, admin_port) = (free_port(), free_port());
+    let mut vars = base_vars(&bootstrap, &topics);
+    vars.extend(spool_vars(&dir));
+    vars.extend([
+        ("BRIDGE_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+        (
+            "BRIDGE_ADMIN_ADDR".into(),
+            format!("127.0.0.1:{admin_port}"),
+        ),
+    ]);
+    let client = reqwest::Client::new();
+    let load = start_load(&format!("http://127.0.0.1:{port}/webhooks/omnichat"), 8);
+    // Kill points spread over a run's life: just after start (recovery, first forwards), and
+    // later, with the writer and the forwarder both busy. The pause is the kill schedule, not
+    // a wait for something to happen.
+    for lifetime_ms in [700u64, 150, 1100, 400, 1600, 250, 900] {
+        let mut bridge = Running(
+            bridge_command(&vars)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starts"),
+        );
+        ready_body(&client, admin_port, Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_millis(lifetime_ms)).await;
+        bridge.0.kill().expect("SIGKILL");
+        bridge.0.wait().expect("reaped");
+    }
+
+    // A last run, killed by nobody: the senders stop, the spool drains.
+    let mut last = Running(
+        bridge_command(&vars)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts"),
+    );
+    ready_body(&client, admin_port, Duration::from_secs(20)).await;
+    let accepted = load.finish().await;
+    assert!(
+        accepted.len() > 200,
+        "only {} events accepted",
+        accepted.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = ready_body(&client, admin_port, Duration::from_secs(20)).await;
+        if body["spool"]["records"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spool never drained: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last.0.kill().expect("stop");
+    let _ = last.0.wait();
+
+    let records = read_all_records(&bootstrap, &topics.messages, accepted.len()).await;
+    let stored: std::collections::HashSet<&str> =
+        records.iter().filter_map(|r| r.header("ce_id")).collect();
+    let lost: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} events answered 202 are not in Kafka",
+        lost.len(),
+        accepted.len()
+    );
+    for sender in 0..8 {
+        let chat = format!("chat-{sender}");
+        let texts = texts_of(&records, &chat);
+        let first = first_occurrences(&texts);
+        assert!(
+            first.windows(2).all(|w| w[0] + 1 == w[1]) && first.first() == Some(&0),
+            "{chat} out of order or with a gap: {first:?}"
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! Spool mode (`BRIDGE_ACK_MODE=spool`): a webhook is answered 202 once its record is fsynced to
+//! a local log, and a forwarder carries the log to Kafka in order, whenever Kafka can take it.
+//!
+//! Appends go through one writer thread that takes everything queued, writes it, fsyncs once
+//! and then answers every waiting request (group commit), so concurrent requests share a
+//! fsync. The forwarder reads the log in order and sends it through an idempotent producer
+//! that never gives a record up (`message.timeout.ms=0`): a record is never skipped and sent
+//! again behind a later one, so a chat's order in the log is its order in the partition. Its
+//! progress is checkpointed only after Kafka acknowledged, and whole segments behind the
+//! checkpoint are deleted. After a crash, what was sent but not checkpointed is sent again:
+//! at least once, same event id, in order.
+
+mod forward;
+pub mod log;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::config::SpoolSettings;
+use crate::publish::{PublishError, PublishFuture, Publisher, QueueDepth, Record, Stored};
+use log::{LogError, Position, SegmentWriter};
+
+/// The largest segment file; smaller spools use a sixteenth of their limit, so that a spool
+/// whose records are all forwarded always has room to roll to a new segment.
+const MAX_SEGMENT_BYTES: u64 = 64 << 20;
+const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+/// One group commit writes at most this much before its fsync, so a burst does not make the
+/// first requests of the batch wait for the last.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// What the probe, readiness and metrics see of the spool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolStatus {
+    /// Records accepted and not yet acknowledged by Kafka.
+    pub records: u64,
+    /// Bytes of the spool's files on disk, counted against the limit.
+    pub bytes: u64,
+    pub limit: u64,
+    /// Age of the oldest record not yet acknowledged by Kafka.
+    pub oldest_age: Duration,
+    /// Records acknowledged by Kafka since start.
+    pub forwarded: u64,
+    /// Whether an event of the largest allowed size still fits.
+    pub has_room: bool,
+    /// Why forwarding is held up, when Kafka refused a record.
+    pub forward_error: Option<String>,
+}
+
+/// State the request path, the writer thread and the forwarder share.
+#[derive(Debug)]
+struct Shared {
+    limit: u64,
+    largest_event: u64,
+    /// Bytes on disk plus bytes reserved by requests waiting for the writer.
+    used: AtomicU64,
+    records: AtomicU64,
+    forwarded: AtomicU64,
+    /// Accepted-at (ms since the epoch) of the oldest record not yet acknowledged; 0 if none.
+    oldest_ms: AtomicU64,
+    /// Set when a write or fsync failed: the log's state on disk is unknown until a restart
+    /// recovers it, so nothing more is accepted.
+    failed: Mutex<Option<String>>,
+    forward_error: Mutex<Option<String>>,
+    /// The end of what is durable; the forwarder follows it.
+    committed: watch::Sender<Position>,
+    /// The position after the last record Kafka acknowledged.
+    acknowledged: watch::Sender<Position>,
+}
+
+impl Shared {
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(
+            "Spool write failed; no more events are accepted until a restart: {reason}"
+        );
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    /// Reserves room for `bytes`, or says the spool is full.
+    fn reserve(&self, bytes: u64) -> Result<(), PublishError> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= self.limit).then_some(used + bytes)
+            })
+            .map(drop)
+            .map_err(|_| PublishError::SpoolFull { limit: self.limit })
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+struct Append {
+    frame: Vec<u8>,
+    done: oneshot::Sender<Result<(), PublishError>>,
+}
+
+/// The spool: a [`Publisher`] that answers once a record is durable on local disk.
+pub struct Spool {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    /// Taken on shutdown, which lets the writer finish its queue and stop.
+    appends: RwLock<Option<mpsc::Sender<Append>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    forwarder: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+    kafka: Arc<dyn Publisher>,
+    max_record_bytes: usize,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Spool {
+    /// Recovers the spool in `settings.dir` and starts its writer and forwarder. Records left
+    /// by an earlier run are forwarded before any new one. `kafka` is the forwarder's
+    /// publisher: it must retry each record until the broker takes it.
+    pub fn open(
+        settings: &SpoolSettings,
+        largest_event: usize,
+        kafka: Arc<dyn Publisher>,
+        max_record_bytes: usize,
+    ) -> Result<Self, LogError> {
+        let dir = settings.dir.clone();
+        let recovered = log::recover(&dir)?;
+        if recovered.records > 0 {
+            tracing::info!(
+                records = recovered.records,
+                bytes = recovered.bytes,
+                cut_bytes = recovered.cut_bytes,
+                "Spool holds records from an earlier run; forwarding them before new ones"
+            );
+        }
+        let segment_bytes = (settings.max_bytes / 16).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
+        let next = recovered.next_segment.max(recovered.start.segment + 1);
+        let writer =
+            SegmentWriter::create(&dir, next, segment_bytes).map_err(|source| LogError::Io {
+                path: log::segment_path(&dir, next),
+                source,
+            })?;
+        let (committed, _) = watch::channel(writer.end());
+        let (acknowledged, _) = watch::channel(recovered.start);
+        let shared = Arc::new(Shared {
+            limit: settings.max_bytes,
+            largest_event: largest_event as u64,
+            used: AtomicU64::new(recovered.bytes + log::HEADER_LEN),
+            records: AtomicU64::new(recovered.records),
+            forwarded: AtomicU64::new(0),
+            oldest_ms: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            forward_error: Mutex::new(None),
+            committed,
+            acknowledged,
+        });
+
+        let (appends, queue) = mpsc::channel();
+        let writer_shared = shared.clone();
+        let lock = recovered.lock;
+        let writer = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || {
+                write_loop(writer, &queue, &writer_shared);
+                // The directory stays locked until every append has been answered.
+                drop(lock);
+            })
+            .map_err(|source| LogError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+
+        let (stop, stopped) = oneshot::channel();
+        let forwarder =
+            forward::Forwarder::new(&dir, recovered.start, shared.clone(), kafka.clone());
+        let forwarder = std::thread::Builder::new()
+            .name("spool-forwarder".into())
+            .spawn(move || forwarder.run_until(stopped))
+            .map_err(|source| LogError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+
+        Ok(Self {
+            dir,
+            shared,
+            appends: RwLock::new(Some(appends)),
+            writer: Mutex::new(Some(writer)),
+            forwarder: Mutex::new(Some((stop, forwarder))),
+            kafka,
+            max_record_bytes,
+        })
+    }
+
+    pub fn status(&self) -> SpoolStatus {
+        let shared = &self.shared;
+        let used = shared.used.load(Ordering::Acquire);
+        let oldest = shared.oldest_ms.load(Ordering::Acquire);
+        SpoolStatus {
+            records: shared.records.load(Ordering::Acquire),
+            bytes: used,
+            limit: shared.limit,
+            oldest_age: Duration::from_millis(if oldest == 0 {
+                0
+            } else {
+                now_ms().saturating_sub(oldest)
+            }),
+            forwarded: shared.forwarded.load(Ordering::Acquire),
+            has_room: used + shared.largest_event <= shared.limit,
+            forward_error: shared
+                .forward_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Stops taking records, gives the forwarder until `deadline` to catch up, then stops it
+    /// with its progress checkpointed. Returns how many records stay spooled.
+    async fn drain(&self, deadline: Instant) -> u64 {
+        drop(
+            self.appends
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            // Quick: the server has stopped, so at most one batch is being written.
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        let end = *self.shared.committed.borrow();
+        let mut acknowledged = self.shared.acknowledged.subscribe();
+        let caught_up = tokio::time::timeout_at(
+            deadline.into(),
+            acknowledged.wait_for(|position| *position >= end),
+        )
+        .await;
+        let forwarder = self
+            .forwarder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stop, forwarder)) = forwarder {
+            let _ = stop.send(());
+            let _ = tokio::task::spawn_blocking(move || forwarder.join()).await;
+        }
+        if matches!(caught_up, Ok(Ok(_))) {
+            0
+        } else {
+            self.shared.records.load(Ordering::Acquire)
+        }
+    }
+}
+
+/// The writer thread: one batch per fsync, answered only after it.
+fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared: &Shared) {
+    let mut frames = Vec::with_capacity(MAX_BATCH_BYTES);
+    let mut batch = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let mut bytes = first.frame.len();
+        batch.push(first);
+        while bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.frame.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let outcome = match shared.failure() {
+            Some(reason) => Err(reason),
+            None => {
+                frames.clear();
+                for append in &batch {
+                    frames.extend_from_slice(&append.frame);
+                }
+                writer.append(&frames).map_err(|error| error.to_string())
+            }
+        };
+        match outcome {
+            Ok((end, grown)) => {
+                // The batch's reservation becomes its bytes on disk (a new header included).
+                shared
+                    .used
+                    .fetch_add(grown - bytes as u64, Ordering::AcqRel);
+                shared
+                    .records
+                    .fetch_add(batch.len() as u64, Ordering::AcqRel);
+                shared.committed.send_replace(end);
+                for append in batch.drain(..) {
+                    let _ = append.done.send(Ok(()));
+                }
+            }
+            Err(reason) => {
+                if shared.failure().is_none() {
+                    shared.fail(reason.clone());
+                }
+                shared.release(bytes as u64);
+                for append in batch.drain(..) {
+                    let _ = append.done.send(Err(PublishError::Failed(format!(
+                        "the spool cannot write: {reason}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+impl Publisher for Spool {
+    fn publish(&self, record: Record) -> PublishFuture<'_> {
+        let size = record.size();
+        if size > self.max_record_bytes {
+            // Kafka would refuse it for good, and it would hold up every record behind it.
+            let limit = self.max_record_bytes;
+            return Box::pin(async move { Err(PublishError::TooLarge { size, limit }) });
+        }
+        let frame = log::encode(&record, now_ms());
+        let bytes = frame.len() as u64;
+        let queued = self
+            .shared
+            .failure()
+            .map(|reason| PublishError::Failed(format!("the spool cannot write: {reason}")))
+            .map_or(Ok(()), Err)
+            .and_then(|()| self.shared.reserve(bytes))
+            .and_then(|()| {
+                let (done, answer) = oneshot::channel();
+                let appends = self.appends.read().unwrap_or_else(|e| e.into_inner());
+                match appends.as_ref().map(|a| a.send(Append { frame, done })) {
+                    Some(Ok(())) => Ok(answer),
+                    _ => {
+                        self.shared.release(bytes);
+                        Err(PublishError::Failed("the spool is closed".to_owned()))
+                    }
+                }
+            });
+        Box::pin(async move {
+            match queued?.await {
+                Ok(Ok(())) => Ok(Stored::Spooled),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(PublishError::Failed("the spool writer stopped".to_owned())),
+            }
+        })
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        let deadline = Instant::now() + timeout;
+        let left = tokio::runtime::Handle::current().block_on(self.drain(deadline));
+        if left == 0 {
+            tracing::info!("Spool drained: Kafka has every record");
+            Ok(())
+        } else {
+            Err(PublishError::Failed(format!(
+                "{left} records stay in the spool at {}; the next start forwards them",
+                self.dir.display()
+            )))
+        }
+    }
+
+    fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
+        self.kafka.probe(topics, timeout)
+    }
+
+    fn fatal_error(&self) -> Option<String> {
+        self.shared
+            .failure()
+            .map(|reason| format!("the spool cannot write: {reason}"))
+            .or_else(|| self.kafka.fatal_error())
+    }
+
+    fn queue(&self) -> QueueDepth {
+        // The spool's bound is its size, which readiness checks itself.
+        QueueDepth::default()
+    }
+
+    fn spool(&self) -> Option<SpoolStatus> {
+        Some(self.status())
+    }
+}
