@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The benchmark: the bridge (release build, acks=all against a real tansu broker) and the HTTP
+# The benchmark: the bridge in kafka mode (release build, acks=all against a real tansu broker),
+# the bridge in spool mode (202 after a local fsync, forwarded to the same broker), and the HTTP
 # floor (examples/floor.rs: same web stack, parse JSON, answer 202, no Kafka) under the same
 # load from examples/loadgen.rs, in two regimes:
 #   closed: CONNECTIONS connections for SECONDS (throughput, CPU per event, peak RSS)
 #   open:   RATE requests/s for SECONDS on a fixed schedule (latency percentiles)
 # CPU per event comes from the server process's own accounting (/proc/PID/stat utime+stime),
-# peak RSS from /proc/PID/status VmHWM. At the end every 202 must be in Kafka (broker offsets
-# against the count of 202s), or the run fails.
+# peak RSS from /proc/PID/status VmHWM. In spool mode a regime ends when the spool has drained
+# into Kafka, so the forwarder's work counts in its CPU and "sustained/s" is what reached Kafka
+# per second. At the end every 202 must be in Kafka, or the run fails.
 #   bench/run.sh            # defaults: 256 connections, 2000/s, 20 s each
+#   SPOOL_DIR=/mnt/disk/x bench/run.sh   # the spool on another disk (default bench/out/spool)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS="${CONNECTIONS:-256}"
@@ -31,26 +34,42 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 wait_for() { for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
 
+# Waits until a spool-mode bridge's readiness reports no spooled record left.
+wait_drained() {
+  for _ in $(seq 1 1200); do
+    curl -fs "$1" | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["spool"]["records"] != 0)' && return 0
+    sleep 0.1
+  done
+  echo "spool never drained: $1" >&2; return 1
+}
+
 # Runs both regimes against one server; prints one JSON object per regime with the server's CPU.
+# With a readiness URL (spool mode), each regime lasts until the spool has drained.
 drive() {
-  local name=$1 pid=$2 url=$3
+  local name=$1 pid=$2 url=$3 drained_url=${4:-}
   for regime in closed open; do
-    local before after
+    local before after started ended
     before=$(cpu_ticks "$pid")
     if [ "$regime" = closed ]; then
       result=$("$loadgen" closed "$url" "$TOKEN" "$CONNECTIONS" "$SECONDS_EACH")
     else
       result=$("$loadgen" open "$url" "$TOKEN" "$RATE" "$SECONDS_EACH")
     fi
+    started=$(date +%s.%N)
+    if [ -n "$drained_url" ]; then wait_drained "$drained_url"; fi
+    ended=$(date +%s.%N)
     after=$(cpu_ticks "$pid")
     echo "$result" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-ticks, hz, name, rss = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+ticks, hz, name, rss, drain = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 r["server"] = name
 r["cpu_us_per_event"] = ticks / hz * 1e6 / max(r["requests"], 1)
 r["peak_rss_mib"] = rss / 1024
-print(json.dumps(r))' "$((after - before))" "$clk_tck" "$name" "$(peak_rss_kib "$pid")"
+r["drain_s"] = drain
+r["sustained_per_second"] = r["accepted"] / (r["seconds"] + drain)
+print(json.dumps(r))' "$((after - before))" "$clk_tck" "$name" "$(peak_rss_kib "$pid")" \
+      "$(python3 -c "print(float('$ended') - float('$started'))")"
   done
 }
 
@@ -63,6 +82,18 @@ wait_for http://127.0.0.1:19090/readyz
 rm -f "$LOADGEN_RECEIPTS"
 drive bridge "$bridge" http://127.0.0.1:18080/webhooks/omnichat > "$out/bridge.jsonl"
 kill -TERM "$bridge"; wait "$bridge"
+
+# The bridge in spool mode, on a fresh spool.
+spool_dir="${SPOOL_DIR:-$out/spool}"
+rm -rf "$spool_dir"
+KAFKA_BOOTSTRAP_SERVERS="$BROKER_ADDR" BRIDGE_AUTH_TOKENS="$TOKEN" \
+BRIDGE_ACK_MODE=spool BRIDGE_SPOOL_DIR="$spool_dir" \
+BRIDGE_LISTEN_ADDR=127.0.0.1:18080 BRIDGE_ADMIN_ADDR=127.0.0.1:19090 \
+BRIDGE_SHUTDOWN_DELAY_MS=0 RUST_LOG=warn target/release/omnichat-bridge 2>"$out/spool.log" &
+bridge=$!
+wait_for http://127.0.0.1:19090/readyz
+drive spool "$bridge" http://127.0.0.1:18080/webhooks/omnichat http://127.0.0.1:19090/readyz > "$out/spool.jsonl"
+kill -TERM "$bridge"; wait "$bridge"
 stored=$("$loadgen" verify "$BROKER_ADDR" "$(IFS=,; echo "${topics[*]}")" "$LOADGEN_RECEIPTS")
 unset LOADGEN_RECEIPTS
 
@@ -73,28 +104,30 @@ sleep 0.5
 drive floor "$floor" http://127.0.0.1:18081/webhooks/omnichat > "$out/floor.jsonl"
 kill "$floor"; wait "$floor" 2>/dev/null || true
 
-python3 - "$out/bridge.jsonl" "$out/floor.jsonl" "$stored" <<'PY'
+python3 - "$out/bridge.jsonl" "$out/spool.jsonl" "$out/floor.jsonl" "$stored" <<'PY'
 import json, sys
-bridge = {r["mode"]: r for r in map(json.loads, open(sys.argv[1]))}
-floor = {r["mode"]: r for r in map(json.loads, open(sys.argv[2]))}
-verify = json.loads(sys.argv[3])
-rows = [("accepted/s", "accepted_per_second", "{:,.0f}"), ("p50 ms", "p50_ms", "{:.2f}"),
-        ("p99 ms", "p99_ms", "{:.2f}"), ("p99.9 ms", "p999_ms", "{:.2f}"), ("max ms", "max_ms", "{:.1f}"),
-        ("CPU us/event", "cpu_us_per_event", "{:.1f}"), ("peak RSS MiB", "peak_rss_mib", "{:.1f}")]
+load = lambda path: {r["mode"]: r for r in map(json.loads, open(path))}
+kafka, spool, floor = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
+verify = json.loads(sys.argv[4])
+rows = [("accepted/s", "accepted_per_second", "{:,.0f}"), ("sustained/s", "sustained_per_second", "{:,.0f}"),
+        ("p50 ms", "p50_ms", "{:.2f}"), ("p99 ms", "p99_ms", "{:.2f}"), ("p99.9 ms", "p999_ms", "{:.2f}"),
+        ("max ms", "max_ms", "{:.1f}"), ("CPU us/event", "cpu_us_per_event", "{:.1f}"),
+        ("peak RSS MiB", "peak_rss_mib", "{:.1f}")]
 for mode in ("closed", "open"):
     print(f"\n{mode} loop" + (" (256 connections)" if mode == "closed" else " (fixed rate)"))
-    print(f"  {'':14} {'bridge':>10} {'floor':>10} {'ratio':>7}")
+    print(f"  {'':14} {'kafka':>10} {'spool':>10} {'floor':>10} {'kafka/fl':>9} {'spool/fl':>9}")
     for label, key, fmt in rows:
-        b, f = bridge[mode][key], floor[mode][key]
-        ratio = f"{b / f:.2f}" if f else "-"
-        print(f"  {label:14} {fmt.format(b):>10} {fmt.format(f):>10} {ratio:>7}")
-    print(f"  statuses: bridge {bridge[mode]['statuses']}, floor {floor[mode]['statuses']}")
-accepted = sum(bridge[m]["accepted"] for m in bridge)
+        k, s, f = kafka[mode][key], spool[mode][key], floor[mode][key]
+        ratio = lambda b: f"{b / f:.2f}" if f else "-"
+        print(f"  {label:14} {fmt.format(k):>10} {fmt.format(s):>10} {fmt.format(f):>10} {ratio(k):>9} {ratio(s):>9}")
+    print(f"  statuses: kafka {kafka[mode]['statuses']}, spool {spool[mode]['statuses']}, floor {floor[mode]['statuses']}")
+    print(f"  spool drained {spool[mode]['drain_s']:.1f} s after the load stopped")
+accepted = sum(r["accepted"] for runs in (kafka, spool) for r in runs.values())
 print(f"\n202s answered by the bridge: {accepted}; receipts checked: {verify['accepted']}; "
       f"records read back: {verify['records']} (watermarks say {verify['watermark_records']})")
 if verify["missing"] or verify["misplaced"] or verify["accepted"] != accepted:
     print(f"FAIL: {verify['missing']} accepted events are not in Kafka, {verify['misplaced']} are at another offset "
           f"than their 202 said: {verify['first_missing']}")
     sys.exit(1)
-print("every 202 is in Kafka, at the offset its answer named, with its event id")
+print("every 202 is in Kafka: kafka mode's at the offset its answer named, spool mode's in its topic, each with its event id")
 PY

@@ -63,9 +63,9 @@ async fn run() -> ExitCode {
         tracing::warn!("{warning}");
     }
     let effective: std::collections::BTreeMap<_, _> = settings.effective().into_iter().collect();
-    tracing::info!(settings = ?effective, "Starting omnichat-bridge {}", env!("CARGO_PKG_VERSION"));
 
-    // In spool mode this recovers the spool, which may log what it found.
+    // In spool mode this recovers the spool, which may log what it found. Nothing else is
+    // logged before it, so a spool or listener that cannot be used is the one line on stderr.
     let app = match publisher(&settings, kafka)
         .and_then(|publisher| Application::with_publisher(settings, publisher))
     {
@@ -76,9 +76,11 @@ async fn run() -> ExitCode {
         }
     };
     tracing::info!(
+        settings = ?effective,
         port = app.port(),
         admin_port = app.admin_port(),
-        "Listening"
+        "omnichat-bridge {} listening",
+        env!("CARGO_PKG_VERSION")
     );
     match app.run_until_stopped(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

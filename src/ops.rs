@@ -62,6 +62,8 @@ struct SpoolMetrics {
     limit: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
     forwarded: Counter,
+    commits: Counter,
+    commit_seconds: Counter<f64, AtomicU64>,
 }
 
 /// Seconds; from well under a millisecond to the longest default publish deadline.
@@ -99,6 +101,16 @@ impl Metrics {
                 "spool_forwarded_records",
                 "Spooled records acknowledged by Kafka (its rate is the forward rate)",
                 metrics.forwarded.clone(),
+            );
+            registry.register(
+                "spool_commits",
+                "Group commits: one write and fdatasync answering every request waiting for it",
+                metrics.commits.clone(),
+            );
+            registry.register(
+                "spool_commit_seconds",
+                "Time spent in group commits; divided by spool_commits, the fsync latency",
+                metrics.commit_seconds.clone(),
             );
             metrics
         });
@@ -193,10 +205,17 @@ impl Metrics {
         spool.bytes.set(gauge(status.bytes));
         spool.limit.set(gauge(status.limit));
         spool.oldest_age.set(status.oldest_age.as_secs_f64());
-        let counted = spool.forwarded.get();
+        // The spool counts; these counters catch up with it.
         spool
             .forwarded
-            .inc_by(status.forwarded.saturating_sub(counted));
+            .inc_by(status.forwarded.saturating_sub(spool.forwarded.get()));
+        spool
+            .commits
+            .inc_by(status.commits.saturating_sub(spool.commits.get()));
+        let seconds = status.commit_time.as_secs_f64() - spool.commit_seconds.get();
+        if seconds > 0.0 {
+            spool.commit_seconds.inc_by(seconds);
+        }
     }
 
     pub fn observe_request(&self, status: u16, took: Duration) {

@@ -50,6 +50,9 @@ pub struct SpoolStatus {
     pub has_room: bool,
     /// Why forwarding is held up, when Kafka refused a record.
     pub forward_error: Option<String>,
+    /// Group commits (one write and fdatasync each) since start, and the time they took.
+    pub commits: u64,
+    pub commit_time: Duration,
 }
 
 /// State the request path, the writer thread and the forwarder share.
@@ -61,6 +64,8 @@ struct Shared {
     used: AtomicU64,
     records: AtomicU64,
     forwarded: AtomicU64,
+    commits: AtomicU64,
+    commit_micros: AtomicU64,
     /// Accepted-at (ms since the epoch) of the oldest record not yet acknowledged; 0 if none.
     oldest_ms: AtomicU64,
     /// Set when a write or fsync failed: the log's state on disk is unknown until a restart
@@ -169,6 +174,8 @@ impl Spool {
             used: AtomicU64::new(recovered.bytes + log::HEADER_LEN),
             records: AtomicU64::new(recovered.records),
             forwarded: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
             oldest_ms: AtomicU64::new(0),
             failed: Mutex::new(None),
             forward_error: Mutex::new(None),
@@ -233,6 +240,8 @@ impl Spool {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            commits: shared.commits.load(Ordering::Acquire),
+            commit_time: Duration::from_micros(shared.commit_micros.load(Ordering::Acquire)),
         }
     }
 
@@ -297,7 +306,13 @@ fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared:
                 for append in &batch {
                     frames.extend_from_slice(&append.frame);
                 }
-                writer.append(&frames).map_err(|error| error.to_string())
+                let started = Instant::now();
+                let appended = writer.append(&frames).map_err(|error| error.to_string());
+                shared.commits.fetch_add(1, Ordering::AcqRel);
+                shared
+                    .commit_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::AcqRel);
+                appended
             }
         };
         match outcome {

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -33,6 +34,13 @@ pub(super) struct Forwarder {
     start: Position,
     shared: Arc<Shared>,
     kafka: Arc<dyn Publisher>,
+}
+
+enum Event {
+    Stop,
+    Delivered(Result<crate::publish::Stored, crate::publish::PublishError>),
+    Committed,
+    Checkpoint,
 }
 
 struct Pending<'a> {
@@ -135,30 +143,68 @@ impl Forwarder {
                 continue;
             }
 
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
-                _ = &mut stop => break,
+                _ = &mut stop => Event::Stop,
                 outcome = async {
                     match outstanding.front_mut() {
                         Some(pending) => pending.delivery.as_mut().await,
                         None => std::future::pending().await,
                     }
-                }, if !outstanding.is_empty() => match outcome {
-                    Ok(_) => {
-                        if let Some(done) = outstanding.pop_front() {
-                            outstanding_bytes -= done.bytes;
-                            acknowledged = done.after;
+                }, if !outstanding.is_empty() => Event::Delivered(outcome),
+                changed = committed.changed(), if writer_open => {
+                    // The writer is gone on shutdown; nothing more will be committed.
+                    writer_open = changed.is_ok();
+                    Event::Committed
+                }
+                _ = tick.tick() => Event::Checkpoint,
+            };
+            match event {
+                Event::Stop => break,
+                Event::Committed => {}
+                Event::Checkpoint => self.checkpoint(acknowledged, &mut checkpointed),
+                Event::Delivered(mut outcome) => {
+                    // Acknowledgements come in bursts: take every one already there at the
+                    // front of the window, not one per wake-up.
+                    let mut done = 0;
+                    let mut refused = None;
+                    loop {
+                        match outcome {
+                            Ok(_) => {
+                                if let Some(pending) = outstanding.pop_front() {
+                                    outstanding_bytes -= pending.bytes;
+                                    acknowledged = pending.after;
+                                }
+                                done += 1;
+                            }
+                            Err(error) => {
+                                refused = Some(error);
+                                break;
+                            }
                         }
+                        let mut context = Context::from_waker(Waker::noop());
+                        match outstanding
+                            .front_mut()
+                            .map(|pending| pending.delivery.as_mut().poll(&mut context))
+                        {
+                            Some(Poll::Ready(next)) => outcome = next,
+                            _ => break,
+                        }
+                    }
+                    if done > 0 {
                         shared.acknowledged.send_replace(acknowledged);
-                        shared.records.fetch_sub(1, Ordering::AcqRel);
-                        shared.forwarded.fetch_add(1, Ordering::AcqRel);
+                        shared.records.fetch_sub(done, Ordering::AcqRel);
+                        shared.forwarded.fetch_add(done, Ordering::AcqRel);
                         if backoff != FIRST_BACKOFF {
                             backoff = FIRST_BACKOFF;
-                            *shared.forward_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                            *shared
+                                .forward_error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner()) = None;
                             tracing::info!("Kafka takes spooled records again");
                         }
                     }
-                    Err(error) => {
+                    if let Some(error) = refused {
                         self.hold_up(format!("Kafka refused a spooled record: {error}"), &backoff);
                         // Whatever the producer still holds stays ahead of what is sent again.
                         outstanding.clear();
@@ -170,12 +216,7 @@ impl Forwarder {
                         }
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
-                },
-                changed = committed.changed(), if writer_open => {
-                    // The writer is gone on shutdown; nothing more will be committed.
-                    writer_open = changed.is_ok();
                 }
-                _ = tick.tick() => self.checkpoint(acknowledged, &mut checkpointed),
             }
         }
         drop(outstanding);

@@ -103,24 +103,51 @@ pub struct Entry {
     pub record: Record,
 }
 
-/// Decodes a payload whose checksum matched.
-fn decode(payload: &[u8]) -> Option<Entry> {
+/// Header names the bridge writes; read back as constants rather than allocated per record.
+const KNOWN_HEADERS: [&str; 10] = [
+    "ce_specversion",
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_time",
+    "ce_subject",
+    "content-type",
+    "traceparent",
+    "error_code",
+    "error_message",
+];
+
+/// Decodes a payload whose checksum matched. `topics` keeps the topic names seen, so records
+/// share them instead of allocating each.
+fn decode(payload: &[u8], topics: &mut Vec<Arc<str>>) -> Option<Entry> {
     let mut rest = payload;
     let accepted_ms = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
-    let topic = text(take_field(&mut rest)?)?;
+    let topic = std::str::from_utf8(take_field(&mut rest)?).ok()?;
+    let topic = match topics.iter().find(|known| &***known == topic) {
+        Some(known) => known.clone(),
+        None => {
+            let fresh: Arc<str> = Arc::from(topic);
+            topics.push(fresh.clone());
+            fresh
+        }
+    };
     let key = text(take_field(&mut rest)?)?;
     let count = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
     let mut headers = Vec::with_capacity(count.min(64));
     for _ in 0..count {
-        let name = text(take_field(&mut rest)?)?;
+        let name = std::str::from_utf8(take_field(&mut rest)?).ok()?;
+        let name = match KNOWN_HEADERS.iter().find(|known| **known == name) {
+            Some(known) => Cow::Borrowed(*known),
+            None => Cow::Owned(name.to_owned()),
+        };
         let value = text(take_field(&mut rest)?)?;
-        headers.push((Cow::Owned(name), Cow::Owned(value)));
+        headers.push((name, Cow::Owned(value)));
     }
     let value = take_field(&mut rest)?.to_vec();
-    rest.is_empty().then(|| Entry {
+    rest.is_empty().then_some(Entry {
         accepted_ms,
         record: Record {
-            topic: Arc::from(topic),
+            topic,
             key,
             headers,
             value,
@@ -156,7 +183,11 @@ enum Frame {
 }
 
 /// Reads the frame at the reader's position; `len` is the frame's total size on success.
-fn read_frame(reader: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<Frame> {
+fn read_frame(
+    reader: &mut impl Read,
+    payload: &mut Vec<u8>,
+    topics: &mut Vec<Arc<str>>,
+) -> io::Result<Frame> {
     let mut head = [0u8; FRAME_HEAD];
     let mut filled = 0;
     while filled < FRAME_HEAD {
@@ -181,7 +212,7 @@ fn read_frame(reader: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<Frame
     if crc32fast::hash(payload) != crc {
         return Ok(Frame::End { clean: false });
     }
-    Ok(match decode(payload) {
+    Ok(match decode(payload, topics) {
         Some(entry) => Frame::Entry(entry, (FRAME_HEAD + length) as u64),
         None => Frame::End { clean: false },
     })
@@ -317,8 +348,9 @@ pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
         let mut reader = BufReader::with_capacity(1 << 20, &mut file);
         let mut offset = HEADER_LEN;
         let mut payload = Vec::new();
+        let mut topics = Vec::new();
         while let Frame::Entry(_, len) =
-            read_frame(&mut reader, &mut payload).map_err(io_error(&path))?
+            read_frame(&mut reader, &mut payload, &mut topics).map_err(io_error(&path))?
         {
             if segment > start.segment || offset >= start.offset {
                 recovered.records += 1;
@@ -451,6 +483,7 @@ pub struct SegmentReader {
     position: Position,
     file: Option<BufReader<File>>,
     payload: Vec<u8>,
+    topics: Vec<Arc<str>>,
 }
 
 impl SegmentReader {
@@ -460,6 +493,7 @@ impl SegmentReader {
             position,
             file: None,
             payload: Vec::new(),
+            topics: Vec::new(),
         }
     }
 
@@ -501,7 +535,7 @@ impl SegmentReader {
             if self.position.segment == end.segment && self.position.offset >= end.offset {
                 return Ok(None);
             }
-            match read_frame(file, &mut self.payload)? {
+            match read_frame(file, &mut self.payload, &mut self.topics)? {
                 Frame::Entry(entry, len) => {
                     self.position.offset += len;
                     return Ok(Some((entry, self.position)));

@@ -138,3 +138,27 @@ fn every_setting_is_in_the_list_of_known_variables() {
         );
     }
 }
+
+#[test]
+fn the_spool_statefulset_runs_the_same_pod_as_the_deployment() {
+    // Kustomize cannot turn a Deployment into a StatefulSet, so the spool overlay repeats the
+    // pod template; it may add (the volume), never drop or change.
+    let pod = |path: &str| -> Vec<String> {
+        let text = read(&root().join(path));
+        let start = text.find("\n    spec:\n").expect("a pod template");
+        text[start..]
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let deployment = pod("deploy/base/deployment.yaml");
+    let mut statefulset = pod("deploy/overlays/spool/statefulset.yaml").into_iter();
+    for line in &deployment {
+        assert!(
+            statefulset.any(|l| &l == line),
+            "deploy/overlays/spool/statefulset.yaml lacks (or reorders) the Deployment's `{}`",
+            line.trim()
+        );
+    }
+}

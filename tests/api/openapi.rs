@@ -116,3 +116,16 @@ async fn the_unavailable_answers_match_the_openapi_document() {
     let body = assert_documented("/readyz", "get", app.get_admin("/readyz").await).await;
     assert_eq!(body["status"], "not_ready");
 }
+
+#[tokio::test]
+async fn spool_mode_answers_match_the_openapi_document() {
+    let dir = spool_dir();
+    let vars = spool_vars(&dir);
+    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = spawn_app_with(&overrides).await;
+    app.wait_ready().await;
+    let body = assert_documented("/webhooks/omnichat", "post", app.post(SEED).await).await;
+    assert_eq!(body["spooled"], true);
+    let body = assert_documented("/readyz", "get", app.get_admin("/readyz").await).await;
+    assert_eq!(body["mode"], "spool");
+}

@@ -384,3 +384,27 @@ async fn kill_9_under_load_loses_no_spooled_event_and_keeps_each_chats_order() {
         );
     }
 }
+
+#[test]
+fn a_spool_of_another_format_version_stops_the_process_with_one_line_naming_the_file() {
+    let dir = spool_dir();
+    std::fs::create_dir_all(&dir).expect("spool dir");
+    let mut header = b"OCBSPOOL".to_vec();
+    header.extend(2u32.to_le_bytes());
+    header.extend([0u8; 4]);
+    std::fs::write(dir.join("00000000000000000000.seg"), header).expect("segment");
+    let mut vars = base_vars("127.0.0.1:9", &TestTopics::new());
+    vars.extend(spool_vars(&dir));
+    let output = bridge_command(&vars).output().expect("runs");
+    assert!(!output.status.success(), "a version 2 spool was accepted");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    for part in [
+        "BRIDGE_SPOOL_DIR",
+        "00000000000000000000.seg",
+        "format version 2",
+    ] {
+        assert!(lines[0].contains(part), "{part} missing: {stderr}");
+    }
+}

@@ -56,7 +56,7 @@ fn a_record_reads_back_as_it_was_written() {
     let frame = encode(&original, 42);
     let mut reader = &frame[..];
     let mut payload = Vec::new();
-    match read_frame(&mut reader, &mut payload).expect("read") {
+    match read_frame(&mut reader, &mut payload, &mut Vec::new()).expect("read") {
         Frame::Entry(entry, len) => {
             assert_eq!(entry.accepted_ms, 42);
             assert_eq!(entry.record, original);
