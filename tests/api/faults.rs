@@ -159,3 +159,38 @@ async fn a_peer_that_accepts_connections_and_never_answers_gets_503() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert_eq!(app.get_admin("/readyz").await.status(), 503);
 }
+
+#[tokio::test]
+async fn in_spool_mode_refused_records_are_sent_again_without_reordering_a_chat() {
+    let dir = spool_dir();
+    let vars = spool_vars(&dir);
+    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let MockSetup { cluster, app } = mock_setup(1, &overrides).await;
+    let chat = "chat-refused";
+    // Kafka refuses produce requests for good (not retriable by the producer), then a sequence
+    // error kills the idempotent producer: the forwarder must pause, replace what is dead and
+    // send again from the oldest unacknowledged record, while the sender keeps getting 202s.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    for n in 0..40 {
+        app.post_accepted(message(chat, n)).await;
+    }
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    for n in 40..80 {
+        app.post_accepted(message(chat, n)).await;
+    }
+    app.wait_spool_drained(Duration::from_secs(60)).await;
+    let records = read_all_records(&app.bootstrap, &app.topics.messages, 80).await;
+    let texts = texts_of(&records, chat);
+    assert_eq!(
+        first_occurrences(&texts),
+        (0..80).collect::<Vec<_>>(),
+        "in order, at least once: {texts:?}"
+    );
+    assert_eq!(app.get_admin("/healthz").await.status(), 200);
+}
