@@ -317,10 +317,14 @@ fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared:
         };
         match outcome {
             Ok((end, grown)) => {
-                // The batch's reservation becomes its bytes on disk (a new header included).
-                shared
-                    .used
-                    .fetch_add(grown - bytes as u64, Ordering::AcqRel);
+                // The batch's reservation becomes what the files grew by: a new segment's
+                // size, or nothing while a preallocated segment has room.
+                let reserved = bytes as u64;
+                if grown >= reserved {
+                    shared.used.fetch_add(grown - reserved, Ordering::AcqRel);
+                } else {
+                    shared.release(reserved - grown);
+                }
                 shared
                     .records
                     .fetch_add(batch.len() as u64, Ordering::AcqRel);
@@ -399,9 +403,25 @@ impl Publisher for Spool {
     }
 
     fn fatal_error(&self) -> Option<String> {
+        // Both threads run until shutdown takes their handles; one that ended before is a bug
+        // that only a restart (and recovery) mends.
+        let writer_ended = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(JoinHandle::is_finished);
+        let forwarder_ended = self
+            .forwarder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(_, thread)| thread.is_finished());
         self.shared
             .failure()
             .map(|reason| format!("the spool cannot write: {reason}"))
+            .or_else(|| writer_ended.then(|| "the spool writer stopped".to_owned()))
+            .or_else(|| forwarder_ended.then(|| "the spool forwarder stopped".to_owned()))
             .or_else(|| self.kafka.fatal_error())
     }
 

@@ -9,12 +9,13 @@
 //! recovery cuts it off.
 //!
 //! The checkpoint (`checkpoint`) names the position of the first record not yet acknowledged
-//! by Kafka. It is replaced atomically (write, fsync, rename); losing an update only means
-//! records are sent again, never that one is skipped.
+//! by Kafka, with its own checksum. Losing an update only means records are sent again, never
+//! that one is skipped, so it is written without an fsync (see [`write_checkpoint`]).
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -173,49 +174,106 @@ fn text(bytes: &[u8]) -> Option<String> {
     String::from_utf8(bytes.to_vec()).ok()
 }
 
-/// What reading one frame found.
-enum Frame {
-    Entry(Entry, u64),
-    /// The segment ends here: cleanly, or at a torn or corrupt frame.
-    End {
-        clean: bool,
-    },
+/// What the bytes at a position hold.
+enum Parsed {
+    /// A whole, intact record and the frame's size.
+    Frame(Entry, u64),
+    /// Not enough bytes yet: at least this many are needed.
+    Incomplete(usize),
+    /// No frame here. `clean`: the end of what was written (the end of the file, or zeros);
+    /// otherwise a torn or corrupt frame.
+    End { clean: bool },
 }
 
-/// Reads the frame at the reader's position; `len` is the frame's total size on success.
-fn read_frame(
-    reader: &mut impl Read,
-    payload: &mut Vec<u8>,
-    topics: &mut Vec<Arc<str>>,
-) -> io::Result<Frame> {
-    let mut head = [0u8; FRAME_HEAD];
-    let mut filled = 0;
-    while filled < FRAME_HEAD {
-        match reader.read(&mut head[filled..])? {
-            0 => return Ok(Frame::End { clean: filled == 0 }),
-            n => filled += n,
-        }
-    }
+fn parse_frame(bytes: &[u8], topics: &mut Vec<Arc<str>>) -> Parsed {
+    let Some(head) = bytes.get(..FRAME_HEAD) else {
+        return Parsed::Incomplete(FRAME_HEAD);
+    };
     let length = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if length == 0 || length > MAX_FRAME {
-        return Ok(Frame::End { clean: false });
+    if length == 0 {
+        return Parsed::End { clean: crc == 0 };
     }
-    payload.resize(length, 0);
-    match reader.read_exact(payload) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-            return Ok(Frame::End { clean: false });
-        }
-        Err(error) => return Err(error),
+    if length > MAX_FRAME {
+        return Parsed::End { clean: false };
     }
+    let Some(payload) = bytes.get(FRAME_HEAD..FRAME_HEAD + length) else {
+        return Parsed::Incomplete(FRAME_HEAD + length);
+    };
     if crc32fast::hash(payload) != crc {
-        return Ok(Frame::End { clean: false });
+        return Parsed::End { clean: false };
     }
-    Ok(match decode(payload, topics) {
-        Some(entry) => Frame::Entry(entry, (FRAME_HEAD + length) as u64),
-        None => Frame::End { clean: false },
-    })
+    match decode(payload, topics) {
+        Some(entry) => Parsed::Frame(entry, (FRAME_HEAD + length) as u64),
+        None => Parsed::End { clean: false },
+    }
+}
+
+/// How much a [`FrameReader`] reads at once.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Reads frames from one segment file with positioned reads. Its buffer never holds bytes
+/// past the limit it is given (the committed end), so what it serves was fully written.
+#[derive(Debug)]
+struct FrameReader {
+    file: File,
+    buffer: Vec<u8>,
+    /// The file offset of `buffer[0]`.
+    start: u64,
+}
+
+impl FrameReader {
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            buffer: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// The frame at `offset`, reading nothing at or past `limit`.
+    fn frame_at(
+        &mut self,
+        offset: u64,
+        limit: u64,
+        topics: &mut Vec<Arc<str>>,
+    ) -> io::Result<Parsed> {
+        loop {
+            let buffered = offset
+                .checked_sub(self.start)
+                .and_then(|skip| self.buffer.get(skip as usize..))
+                .unwrap_or_default();
+            let have = buffered.len();
+            let needed = match parse_frame(buffered, topics) {
+                Parsed::Incomplete(needed) => needed,
+                parsed => return Ok(parsed),
+            };
+            let want = (needed.max(READ_CHUNK) as u64).min(limit.saturating_sub(offset)) as usize;
+            if want <= have {
+                // Nothing more may be read: the end of what is committed.
+                return Ok(Parsed::End { clean: have == 0 });
+            }
+            self.buffer.resize(want, 0);
+            let mut read = 0;
+            while read < want {
+                match self
+                    .file
+                    .read_at(&mut self.buffer[read..], offset + read as u64)
+                {
+                    Ok(0) => break,
+                    Ok(n) => read += n,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            self.buffer.truncate(read);
+            self.start = offset;
+            if read <= have {
+                // The end of the file: cleanly between frames, or inside a torn one.
+                return Ok(Parsed::End { clean: read == 0 });
+            }
+        }
+    }
 }
 
 fn write_header(file: &mut File) -> io::Result<()> {
@@ -345,29 +403,40 @@ pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
             continue;
         }
         let file_len = file.metadata().map_err(io_error(&path))?.len();
-        let mut reader = BufReader::with_capacity(1 << 20, &mut file);
+        let mut reader = FrameReader::new(file);
         let mut offset = HEADER_LEN;
-        let mut payload = Vec::new();
         let mut topics = Vec::new();
-        while let Frame::Entry(_, len) =
-            read_frame(&mut reader, &mut payload, &mut topics).map_err(io_error(&path))?
-        {
-            if segment > start.segment || offset >= start.offset {
-                recovered.records += 1;
+        let clean = loop {
+            match reader
+                .frame_at(offset, file_len, &mut topics)
+                .map_err(io_error(&path))?
+            {
+                Parsed::Frame(_, len) => {
+                    if segment > start.segment || offset >= start.offset {
+                        recovered.records += 1;
+                    }
+                    offset += len;
+                }
+                Parsed::End { clean } => break clean,
+                Parsed::Incomplete(_) => break false,
             }
-            offset += len;
-        }
-        drop(reader);
+        };
         if offset < file_len {
-            tracing::warn!(
-                segment = %path.display(),
-                valid_bytes = offset,
-                cut_bytes = file_len - offset,
-                "Spool segment ends in a torn or corrupt frame (a crash mid-write); cut it off"
-            );
-            file.set_len(offset).map_err(io_error(&path))?;
-            file.sync_all().map_err(io_error(&path))?;
-            recovered.cut_bytes += file_len - offset;
+            if clean {
+                // Zeros where a frame would start: space the filesystem extended but that no
+                // fsync completed for (after a power loss), never acknowledged.
+                tracing::debug!(segment = %path.display(), "Trimmed a zero-filled tail");
+            } else {
+                tracing::warn!(
+                    segment = %path.display(),
+                    valid_bytes = offset,
+                    cut_bytes = file_len - offset,
+                    "Spool segment ends in a torn or corrupt frame (a crash mid-write); cut it off"
+                );
+                recovered.cut_bytes += file_len - offset;
+            }
+            reader.file.set_len(offset).map_err(io_error(&path))?;
+            reader.file.sync_all().map_err(io_error(&path))?;
         }
         if segment == start.segment && start.offset > offset {
             // The checkpoint points past what is readable: nothing there to resume.
@@ -402,7 +471,10 @@ fn read_checkpoint(dir: &Path) -> Option<Position> {
     })
 }
 
-/// Records `position` as the first record not yet acknowledged.
+/// Records `position` as the first record not yet acknowledged. Overwritten in place and not
+/// fsynced: a checkpoint only saves sending records again, so it is not worth an fsync that
+/// would queue in front of the writer's. A process crash keeps it (it is in the page cache); a
+/// power loss may leave it stale or torn, and then more records are sent again.
 pub fn write_checkpoint(dir: &Path, position: Position) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(CHECKPOINT_LEN);
     bytes.extend_from_slice(CHECKPOINT_MAGIC);
@@ -410,11 +482,12 @@ pub fn write_checkpoint(dir: &Path, position: Position) -> io::Result<()> {
     bytes.extend_from_slice(&position.offset.to_le_bytes());
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    let temporary = dir.join("checkpoint.tmp");
-    let mut file = File::create(&temporary)?;
-    file.write_all(&bytes)?;
-    file.sync_data()?;
-    std::fs::rename(&temporary, dir.join(CHECKPOINT))
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(CHECKPOINT))?
+        .write_all_at(&bytes, 0)
 }
 
 /// Appends frames to the newest segment, rolling to a new one when it is full.
@@ -455,17 +528,11 @@ impl SegmentWriter {
             *self = Self::create(&self.dir, self.segment + 1, self.segment_bytes)?;
             grown += HEADER_LEN;
         }
-        self.file.write_all(frames)?;
+        self.file.write_all_at(frames, self.len)?;
         self.file.sync_data()?;
         self.len += frames.len() as u64;
         grown += frames.len() as u64;
-        Ok((
-            Position {
-                segment: self.segment,
-                offset: self.len,
-            },
-            grown,
-        ))
+        Ok((self.end(), grown))
     }
 
     pub fn end(&self) -> Position {
@@ -481,8 +548,7 @@ impl SegmentWriter {
 pub struct SegmentReader {
     dir: PathBuf,
     position: Position,
-    file: Option<BufReader<File>>,
-    payload: Vec<u8>,
+    file: Option<FrameReader>,
     topics: Vec<Arc<str>>,
 }
 
@@ -492,7 +558,6 @@ impl SegmentReader {
             dir: dir.to_owned(),
             position,
             file: None,
-            payload: Vec::new(),
             topics: Vec::new(),
         }
     }
@@ -518,7 +583,7 @@ impl SegmentReader {
                 Some(file) => file,
                 None => {
                     let path = segment_path(&self.dir, self.position.segment);
-                    let mut file = match File::open(&path) {
+                    let file = match File::open(&path) {
                         Ok(file) => file,
                         Err(error) if error.kind() == io::ErrorKind::NotFound => {
                             self.position = Position::start_of(self.position.segment + 1);
@@ -526,26 +591,34 @@ impl SegmentReader {
                         }
                         Err(error) => return Err(error),
                     };
-                    let offset = self.position.offset.max(HEADER_LEN);
-                    file.seek(SeekFrom::Start(offset))?;
-                    self.position.offset = offset;
-                    self.file.insert(BufReader::with_capacity(256 << 10, file))
+                    self.position.offset = self.position.offset.max(HEADER_LEN);
+                    self.file.insert(FrameReader::new(file))
                 }
             };
-            if self.position.segment == end.segment && self.position.offset >= end.offset {
-                return Ok(None);
-            }
-            match read_frame(file, &mut self.payload, &mut self.topics)? {
-                Frame::Entry(entry, len) => {
+            // In the segment being written, nothing past the committed end is read.
+            let limit = if self.position.segment == end.segment {
+                end.offset
+            } else {
+                u64::MAX
+            };
+            match file.frame_at(self.position.offset, limit, &mut self.topics)? {
+                Parsed::Frame(entry, len) => {
                     self.position.offset += len;
                     return Ok(Some((entry, self.position)));
                 }
-                Frame::End { clean } => {
-                    if self.position.segment >= end.segment {
-                        // Not yet written as far as `end` claims: read again later.
-                        self.file = None;
-                        return Ok(None);
-                    }
+                Parsed::End { .. } | Parsed::Incomplete(_)
+                    if self.position.segment >= end.segment =>
+                {
+                    // Only reachable if the committed end pointed into a corrupt frame.
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "spool segment {} has no readable record at offset {}",
+                            self.position.segment, self.position.offset
+                        ),
+                    ));
+                }
+                Parsed::End { clean } => {
                     if !clean {
                         tracing::error!(
                             segment = self.position.segment,
@@ -554,6 +627,10 @@ impl SegmentReader {
                              the rest of the segment is skipped"
                         );
                     }
+                    self.file = None;
+                    self.position = Position::start_of(self.position.segment + 1);
+                }
+                Parsed::Incomplete(_) => {
                     self.file = None;
                     self.position = Position::start_of(self.position.segment + 1);
                 }

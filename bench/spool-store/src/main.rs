@@ -79,6 +79,20 @@ struct Preallocated {
     len: u64,
 }
 
+/// Preallocated by `set_len` only: a sparse file of the segment's size.
+fn sparse(dir: &Path) -> Preallocated {
+    let path = dir.join("00000000000000000000.seg");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .read(true)
+        .open(&path)
+        .expect("open segment");
+    file.set_len(PREALLOCATED).expect("set_len");
+    file.sync_all().expect("sync");
+    Preallocated { file, path, len: 0 }
+}
+
 const PREALLOCATED: u64 = 256 << 20;
 
 impl Preallocated {
@@ -289,13 +303,14 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("spool-store-bench"));
     for writers in [1, 16, 256] {
-        for name in ["segment", "prealloc", "fjall", "redb"] {
+        for name in ["segment", "prealloc", "sparse", "fjall", "redb"] {
             let dir = base.join(format!("{name}-{writers}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("bench dir");
             let store: Box<dyn Store> = match name {
                 "segment" => Box::new(SegmentLog::open(&dir)),
                 "prealloc" => Box::new(Preallocated::open(&dir)),
+                "sparse" => Box::new(sparse(&dir)),
                 "fjall" => {
                     let keyspace = fjall::Config::new(&dir).open().expect("fjall open");
                     let partition = keyspace

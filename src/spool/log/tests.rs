@@ -54,16 +54,27 @@ fn read_all(dir: &Path, from: Position, end: Position) -> Vec<Entry> {
 fn a_record_reads_back_as_it_was_written() {
     let original = record(7);
     let frame = encode(&original, 42);
-    let mut reader = &frame[..];
-    let mut payload = Vec::new();
-    match read_frame(&mut reader, &mut payload, &mut Vec::new()).expect("read") {
-        Frame::Entry(entry, len) => {
+    match parse_frame(&frame, &mut Vec::new()) {
+        Parsed::Frame(entry, len) => {
             assert_eq!(entry.accepted_ms, 42);
             assert_eq!(entry.record, original);
             assert_eq!(len as usize, frame.len());
         }
-        Frame::End { .. } => panic!("frame not read back"),
+        _ => panic!("frame not read back"),
     }
+    for cut in 0..frame.len() {
+        assert!(
+            matches!(
+                parse_frame(&frame[..cut], &mut Vec::new()),
+                Parsed::Incomplete(_)
+            ),
+            "{cut} bytes are not a frame yet"
+        );
+    }
+    assert!(matches!(
+        parse_frame(&[0; 64], &mut Vec::new()),
+        Parsed::End { clean: true }
+    ));
 }
 
 #[test]
@@ -208,4 +219,56 @@ fn the_reader_crosses_into_the_next_segment() {
     let entries = read_all(&dir, Position::start_of(segment), end);
     assert_eq!(entries.len(), 4);
     assert_eq!(entries[3].record.header("ce_id"), Some("id-3"));
+}
+
+#[test]
+fn records_read_back_across_many_rolled_segments_and_a_zero_tail_is_a_clean_end() {
+    let dir = temp_dir("rolls");
+    drop(recover(&dir).expect("empty spool"));
+    let mut writer = SegmentWriter::create(&dir, 0, 64 << 10).expect("segment");
+    let mut end = writer.end();
+    for n in 0..2000 {
+        let (at, _) = writer
+            .append(&encode(&record(n), u64::from(n)))
+            .expect("append");
+        end = at;
+    }
+    assert!(end.segment >= 2, "rolled to {end:?}");
+    let entries = read_all(&dir, Position::start_of(0), end);
+    let ids: Vec<_> = entries
+        .iter()
+        .map(|e| e.record.header("ce_id").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..2000).map(|n| format!("id-{n}")).collect::<Vec<_>>()
+    );
+
+    // A power loss can leave a file extended with zeros no fsync completed for.
+    drop(writer);
+    let path = segment_path(&dir, end.segment);
+    let file = OpenOptions::new().write(true).open(&path).expect("segment");
+    file.set_len(end.offset + 4096).expect("zero tail");
+    let recovered = recover(&dir).expect("recover");
+    assert_eq!(recovered.records, 2000);
+    assert_eq!(recovered.cut_bytes, 0, "zeros are not a torn record");
+    assert_eq!(std::fs::metadata(&path).expect("trimmed").len(), end.offset);
+}
+
+#[test]
+fn a_reader_never_reads_past_the_committed_end() {
+    let dir = temp_dir("bounded");
+    drop(recover(&dir).expect("empty spool"));
+    let mut writer = SegmentWriter::create(&dir, 0, 1 << 20).expect("segment");
+    let (first, _) = writer.append(&encode(&record(0), 0)).expect("append");
+    let mut reader = SegmentReader::new(&dir, Position::start_of(0));
+    assert!(reader.next(first).expect("read").is_some());
+    assert!(
+        reader.next(first).expect("read").is_none(),
+        "nothing past the end"
+    );
+    let (second, _) = writer.append(&encode(&record(1), 1)).expect("append");
+    let (entry, after) = reader.next(second).expect("read").expect("the new record");
+    assert_eq!(entry.record.header("ce_id"), Some("id-1"));
+    assert_eq!(after, second);
 }
