@@ -33,6 +33,8 @@ const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 /// One group commit writes at most this much before its fsync, so a burst does not make the
 /// first requests of the batch wait for the last.
 const MAX_BATCH_BYTES: usize = 4 << 20;
+/// A group commit this slow is logged: senders waited that long for their 202.
+const SLOW_COMMIT: Duration = Duration::from_secs(1);
 
 /// What the probe, readiness and metrics see of the spool.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -308,10 +310,18 @@ fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared:
                 }
                 let started = Instant::now();
                 let appended = writer.append(&frames).map_err(|error| error.to_string());
+                let took = started.elapsed();
                 shared.commits.fetch_add(1, Ordering::AcqRel);
                 shared
                     .commit_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::AcqRel);
+                    .fetch_add(took.as_micros() as u64, Ordering::AcqRel);
+                if took >= SLOW_COMMIT {
+                    tracing::warn!(
+                        took_ms = took.as_millis() as u64,
+                        records = batch.len(),
+                        "Spool write and fsync were slow; every 202 waits for one: check the volume"
+                    );
+                }
                 appended
             }
         };
