@@ -190,11 +190,7 @@ impl Spool {
         let lock = recovered.lock;
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || {
-                write_loop(writer, &queue, &writer_shared);
-                // The directory stays locked until every append has been answered.
-                drop(lock);
-            })
+            .spawn(move || write_loop(writer, &queue, &writer_shared))
             .map_err(|source| LogError::Io {
                 path: dir.clone(),
                 source,
@@ -205,7 +201,12 @@ impl Spool {
             forward::Forwarder::new(&dir, recovered.start, shared.clone(), kafka.clone());
         let forwarder = std::thread::Builder::new()
             .name("spool-forwarder".into())
-            .spawn(move || forwarder.run_until(stopped))
+            .spawn(move || {
+                forwarder.run_until(stopped);
+                // The forwarder is the last to touch the directory (its final checkpoint):
+                // until then it stays locked against another process.
+                drop(lock);
+            })
             .map_err(|source| LogError::Io {
                 path: dir.clone(),
                 source,

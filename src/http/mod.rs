@@ -172,7 +172,7 @@ async fn accept(
                         object_id = %webhook.object_id,
                         chat_id = webhook.message.as_ref().map(|m| &*m.chat_id),
                         %topic,
-                        "Event not stored, answered 503: {error}"
+                        "Event not stored: {error}"
                     );
                 })?;
             ingress.metrics.observe_event(
@@ -205,7 +205,7 @@ async fn accept(
                     tracing::warn!(
                         dead_letter_id = %id,
                         code = rejection.code(),
-                        "Dead letter not stored, answered 503: {error}"
+                        "Dead letter not stored: {error}"
                     );
                 })?;
             ingress.metrics.observe_dead_letter(rejection.code());
