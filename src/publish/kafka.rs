@@ -135,7 +135,12 @@ impl KafkaPublisher {
         publish_timeout: Option<Duration>,
         stuck_base: Duration,
     ) -> Result<Self, ConfigError> {
-        let config = client_config(kafka, publish_timeout.unwrap_or(Duration::ZERO));
+        let mut config = client_config(kafka, publish_timeout.unwrap_or(Duration::ZERO));
+        if publish_timeout.is_none() {
+            // Whatever KAFKA_MESSAGE_TIMEOUT_MS says: a record given up and sent again could
+            // land behind a later one.
+            config.set("message.timeout.ms", "0");
+        }
         let producer: KafkaProducer = config
             .create_with_context(QuietContext)
             .map_err(|error| config_error(kafka, error))?;
@@ -381,5 +386,29 @@ impl Publisher for KafkaPublisher {
             waiting: usize::try_from(self.current().in_flight_count()).unwrap_or_default(),
             limit: self.queue_limit,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn the_forwarder_never_gives_a_record_up_whatever_is_configured() {
+        let settings = Settings::from_vars(
+            [
+                ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+                ("KAFKA_MESSAGE_TIMEOUT_MS", "5000"),
+                ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .expect("settings");
+        let timeout = Duration::from_secs(5);
+        let forwarder = KafkaPublisher::unbounded(&settings.kafka, timeout).expect("producer");
+        assert_eq!(forwarder.config.get("message.timeout.ms"), Some("0"));
+        let ingress = KafkaPublisher::new(&settings.kafka, timeout).expect("producer");
+        assert_eq!(ingress.config.get("message.timeout.ms"), Some("5000"));
     }
 }
