@@ -192,9 +192,11 @@ impl Forwarder {
                         }
                     }
                     if done > 0 {
-                        shared.acknowledged.send_replace(acknowledged);
-                        shared.records.fetch_sub(done, Ordering::AcqRel);
+                        // Counted as forwarded before no longer waiting, so whoever sees the
+                        // spool empty also sees every record forwarded.
                         shared.forwarded.fetch_add(done, Ordering::AcqRel);
+                        shared.records.fetch_sub(done, Ordering::AcqRel);
+                        shared.acknowledged.send_replace(acknowledged);
                         if backoff != FIRST_BACKOFF {
                             backoff = FIRST_BACKOFF;
                             *shared
