@@ -223,6 +223,37 @@ impl Spool {
         })
     }
 
+    /// Hands the record to the writer, with room reserved for it; the answer comes once it is
+    /// fsynced.
+    fn append(
+        &self,
+        record: &Record,
+    ) -> Result<oneshot::Receiver<Result<(), PublishError>>, PublishError> {
+        let size = record.size();
+        if size > self.max_record_bytes {
+            // Kafka would refuse it for good, and it would hold up every record behind it.
+            let limit = self.max_record_bytes;
+            return Err(PublishError::TooLarge { size, limit });
+        }
+        if let Some(reason) = self.shared.failure() {
+            return Err(PublishError::Failed(format!(
+                "the spool cannot write: {reason}"
+            )));
+        }
+        let frame = log::encode(record, now_ms());
+        let bytes = frame.len() as u64;
+        self.shared.reserve(bytes)?;
+        let (done, answer) = oneshot::channel();
+        let appends = self.appends.read().unwrap_or_else(|e| e.into_inner());
+        match appends.as_ref().map(|a| a.send(Append { frame, done })) {
+            Some(Ok(())) => Ok(answer),
+            _ => {
+                self.shared.release(bytes);
+                Err(PublishError::Failed("the spool is closed".to_owned()))
+            }
+        }
+    }
+
     pub fn status(&self) -> SpoolStatus {
         let shared = &self.shared;
         let used = shared.used.load(Ordering::Acquire);
@@ -361,31 +392,7 @@ fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared:
 
 impl Publisher for Spool {
     fn publish(&self, record: Record) -> PublishFuture<'_> {
-        let size = record.size();
-        if size > self.max_record_bytes {
-            // Kafka would refuse it for good, and it would hold up every record behind it.
-            let limit = self.max_record_bytes;
-            return Box::pin(async move { Err(PublishError::TooLarge { size, limit }) });
-        }
-        let frame = log::encode(&record, now_ms());
-        let bytes = frame.len() as u64;
-        let queued = self
-            .shared
-            .failure()
-            .map(|reason| PublishError::Failed(format!("the spool cannot write: {reason}")))
-            .map_or(Ok(()), Err)
-            .and_then(|()| self.shared.reserve(bytes))
-            .and_then(|()| {
-                let (done, answer) = oneshot::channel();
-                let appends = self.appends.read().unwrap_or_else(|e| e.into_inner());
-                match appends.as_ref().map(|a| a.send(Append { frame, done })) {
-                    Some(Ok(())) => Ok(answer),
-                    _ => {
-                        self.shared.release(bytes);
-                        Err(PublishError::Failed("the spool is closed".to_owned()))
-                    }
-                }
-            });
+        let queued = self.append(&record);
         Box::pin(async move {
             match queued?.await {
                 Ok(Ok(())) => Ok(Stored::Spooled),

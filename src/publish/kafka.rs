@@ -283,7 +283,7 @@ impl Publisher for KafkaPublisher {
                 value: Some(value.as_bytes()),
             });
         }
-        let limit = self.max_record_bytes;
+        let (size, limit) = (record.size(), self.max_record_bytes);
         let sent = producer
             .send_result(
                 FutureRecord::to(&record.topic)
@@ -296,14 +296,10 @@ impl Publisher for KafkaPublisher {
                     PublishError::QueueFull
                 }
                 KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
-                    PublishError::TooLarge {
-                        size: record.size(),
-                        limit,
-                    }
+                    PublishError::TooLarge { size, limit }
                 }
                 error => PublishError::Failed(error.to_string()),
             });
-        let size = record.size();
         let deadline = self.publish_timeout;
         Box::pin(async move {
             let delivery = sent?;

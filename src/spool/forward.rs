@@ -38,6 +38,8 @@ pub(super) struct Forwarder {
 
 enum Event {
     Stop,
+    /// Reading the spool failed; nothing to wait for.
+    Failed,
     Delivered(Result<crate::publish::Stored, crate::publish::PublishError>),
     Committed,
     Checkpoint,
@@ -130,20 +132,12 @@ impl Forwarder {
                 }
                 None => {}
             }
-            if let Some(error) = read_error {
-                self.hold_up(format!("the spool cannot be read: {error}"), &backoff);
-                outstanding.clear();
-                outstanding_bytes = 0;
-                reader.seek(acknowledged);
-                tokio::select! {
-                    _ = &mut stop => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
+            let mut failure = read_error.map(|error| format!("the spool cannot be read: {error}"));
 
-            let event = tokio::select! {
+            let event = if failure.is_some() {
+                Event::Failed
+            } else {
+                tokio::select! {
                 biased;
                 _ = &mut stop => Event::Stop,
                 outcome = async {
@@ -158,10 +152,11 @@ impl Forwarder {
                     Event::Committed
                 }
                 _ = tick.tick() => Event::Checkpoint,
+                }
             };
             match event {
                 Event::Stop => break,
-                Event::Committed => {}
+                Event::Committed | Event::Failed => {}
                 Event::Checkpoint => self.checkpoint(acknowledged, &mut checkpointed),
                 Event::Delivered(mut outcome) => {
                     // Acknowledgements come in bursts: take every one already there at the
@@ -207,17 +202,18 @@ impl Forwarder {
                         }
                     }
                     if let Some(error) = refused {
-                        self.hold_up(format!("Kafka refused a spooled record: {error}"), &backoff);
-                        // Whatever the producer still holds stays ahead of what is sent again.
-                        outstanding.clear();
-                        outstanding_bytes = 0;
-                        reader.seek(acknowledged);
-                        tokio::select! {
-                            _ = &mut stop => break,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        failure = Some(format!("Kafka refused a spooled record: {error}"));
                     }
+                }
+            }
+            if let Some(reason) = failure {
+                // Send again from the oldest unacknowledged record. Whatever the producer still
+                // holds was handed over earlier, so it stays ahead of what is sent again.
+                outstanding.clear();
+                outstanding_bytes = 0;
+                reader.seek(acknowledged);
+                if !self.hold_up(reason, &mut backoff, &mut stop).await {
+                    break;
                 }
             }
         }
@@ -225,7 +221,14 @@ impl Forwarder {
         self.checkpoint(acknowledged, &mut checkpointed);
     }
 
-    fn hold_up(&self, reason: String, backoff: &Duration) {
+    /// Reports why forwarding is held up and waits out the backoff, which doubles for the next
+    /// time. Returns false when told to stop meanwhile.
+    async fn hold_up(
+        &self,
+        reason: String,
+        backoff: &mut Duration,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> bool {
         tracing::warn!(
             retry_in_ms = backoff.as_millis() as u64,
             "Spool forwarding held up, sending again from the oldest unacknowledged record: {reason}"
@@ -235,6 +238,12 @@ impl Forwarder {
             .forward_error
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        let waited = tokio::select! {
+            _ = stop => false,
+            () = tokio::time::sleep(*backoff) => true,
+        };
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        waited
     }
 
     /// Makes `acknowledged` durable, then deletes the segments wholly before it.
