@@ -761,6 +761,37 @@ mod tests {
     }
 
     #[test]
+    fn spool_mode_takes_its_directory_and_a_one_gib_default_bound() {
+        let mut all = minimal();
+        all.extend([
+            ("BRIDGE_ACK_MODE", "spool"),
+            ("BRIDGE_SPOOL_DIR", "/var/spool/omnichat-bridge"),
+        ]);
+        let s = Settings::from_vars(vars(&all)).expect("valid");
+        assert_eq!(
+            s.ack_mode,
+            AckMode::Spool(SpoolSettings {
+                dir: PathBuf::from("/var/spool/omnichat-bridge"),
+                max_bytes: 1 << 30,
+            })
+        );
+        assert!(
+            s.effective()
+                .contains(&("BRIDGE_ACK_MODE".to_owned(), "spool".to_owned()))
+        );
+        // 4 x a 1 MiB body is the smallest spool.
+        all.push(("BRIDGE_SPOOL_MAX_BYTES", "4194304"));
+        assert!(Settings::from_vars(vars(&all)).is_ok());
+        all.push(("BRIDGE_SPOOL_MAX_BYTES", "4194303"));
+        assert_eq!(
+            Settings::from_vars(vars(&all))
+                .expect_err("too small")
+                .variable,
+            "BRIDGE_SPOOL_MAX_BYTES"
+        );
+    }
+
+    #[test]
     fn each_bad_setting_is_refused_naming_its_variable() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (

@@ -509,6 +509,20 @@ pub fn texts_of(records: &[ReadRecord], chat: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Asserts that `chat-0` to `chat-{chats-1}` each hold messages 0 to `per_chat - 1`, in order
+/// and once, and nothing else is there.
+pub fn assert_each_chat_in_order(records: &[ReadRecord], chats: usize, per_chat: usize) {
+    assert_eq!(records.len(), chats * per_chat);
+    for c in 0..chats {
+        let chat = format!("chat-{c}");
+        assert_eq!(
+            texts_of(records, &chat),
+            (0..per_chat).collect::<Vec<_>>(),
+            "{chat}"
+        );
+    }
+}
+
 /// Concurrent senders posting numbered messages (one chat each) until told to stop; each
 /// returns the event ids it was answered 202 for. Only 202 and 503 are acceptable answers;
 /// connection errors (a listener that closed) are retried until the stop.

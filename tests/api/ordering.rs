@@ -52,13 +52,5 @@ async fn concurrent_chats_each_keep_their_own_order() {
         sender.await.expect("sender");
     }
     let records = app.read(&app.topics.messages, chats * per_chat).await;
-    assert_eq!(records.len(), chats * per_chat);
-    for c in 0..chats {
-        let chat = format!("chat-{c}");
-        assert_eq!(
-            texts_of(&records, &chat),
-            (0..per_chat).collect::<Vec<_>>(),
-            "{chat}"
-        );
-    }
+    assert_each_chat_in_order(&records, chats, per_chat);
 }

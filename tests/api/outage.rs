@@ -105,14 +105,37 @@ impl Proxy {
     }
 }
 
-#[tokio::test]
-async fn an_unreachable_broker_gives_503s_then_the_bridge_recovers_without_restart() {
+/// A broker of its own, reached only through a cuttable proxy, with fresh topics.
+pub struct ProxiedBroker {
+    pub broker: Broker,
+    pub proxy: Proxy,
+    pub bootstrap: String,
+    pub topics: TestTopics,
+}
+
+pub async fn proxied_broker() -> ProxiedBroker {
     let (broker_port, proxy_port) = (free_port(), free_port());
-    let _broker = start_broker(broker_port, proxy_port);
+    let broker = start_broker(broker_port, proxy_port);
     let proxy = Proxy::start(proxy_port, broker_port);
     let bootstrap = format!("127.0.0.1:{proxy_port}");
     let topics = TestTopics::new();
     topics.create(&bootstrap).await;
+    ProxiedBroker {
+        broker,
+        proxy,
+        bootstrap,
+        topics,
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_gives_503s_then_the_bridge_recovers_without_restart() {
+    let ProxiedBroker {
+        broker: _broker,
+        proxy,
+        bootstrap,
+        topics,
+    } = proxied_broker().await;
     let app = spawn_app_on(&bootstrap, topics, &[("BRIDGE_PUBLISH_TIMEOUT_MS", "1500")]).await;
     app.wait_ready().await;
     let before = app.post_accepted(message("chat-down", 0)).await;

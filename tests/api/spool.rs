@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
-use crate::outage::{Proxy, start_broker};
+use crate::outage::{ProxiedBroker, proxied_broker};
 
 fn overrides(vars: &[(String, String)]) -> Vec<(&str, &str)> {
     vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
@@ -33,15 +33,7 @@ async fn spooled_events_reach_kafka_in_order_with_the_same_records_as_kafka_mode
         }
     }
     let records = app.read(&app.topics.messages, chats * per_chat).await;
-    assert_eq!(records.len(), chats * per_chat);
-    for c in 0..chats {
-        let chat = format!("chat-{c}");
-        assert_eq!(
-            texts_of(&records, &chat),
-            (0..per_chat).collect::<Vec<_>>(),
-            "{chat}"
-        );
-    }
+    assert_each_chat_in_order(&records, chats, per_chat);
     for record in &records {
         let key = record.key.as_deref().expect("keyed by chat");
         assert_eq!(record.partition, java_partition(key, PARTITIONS));
@@ -72,12 +64,12 @@ async fn spooled_events_reach_kafka_in_order_with_the_same_records_as_kafka_mode
 
 #[tokio::test]
 async fn during_an_outage_the_spool_accepts_and_then_drains_in_order() {
-    let (broker_port, proxy_port) = (free_port(), free_port());
-    let _broker = start_broker(broker_port, proxy_port);
-    let proxy = Proxy::start(proxy_port, broker_port);
-    let bootstrap = format!("127.0.0.1:{proxy_port}");
-    let topics = TestTopics::new();
-    topics.create(&bootstrap).await;
+    let ProxiedBroker {
+        broker: _broker,
+        proxy,
+        bootstrap,
+        topics,
+    } = proxied_broker().await;
     let dir = spool_dir();
     let vars = spool_vars(&dir);
     let app = spawn_app_on(&bootstrap, topics, &overrides(&vars)).await;
@@ -214,12 +206,12 @@ async fn a_record_larger_than_kafka_takes_is_refused_before_it_is_spooled() {
 
 #[tokio::test]
 async fn what_a_stop_during_an_outage_leaves_spooled_is_forwarded_first_on_the_next_start() {
-    let (broker_port, proxy_port) = (free_port(), free_port());
-    let _broker = start_broker(broker_port, proxy_port);
-    let proxy = Proxy::start(proxy_port, broker_port);
-    let bootstrap = format!("127.0.0.1:{proxy_port}");
-    let topics = TestTopics::new();
-    topics.create(&bootstrap).await;
+    let ProxiedBroker {
+        broker: _broker,
+        proxy,
+        bootstrap,
+        topics,
+    } = proxied_broker().await;
     let dir = spool_dir();
     let mut vars = spool_vars(&dir);
     vars.push(("BRIDGE_SHUTDOWN_TIMEOUT_MS".to_owned(), "1500".to_owned()));

@@ -178,7 +178,7 @@ fn an_unreadable_checkpoint_resends_from_the_oldest_segment() {
 
 #[test]
 fn segments_before_the_checkpoint_are_deleted_at_start() {
-    let (dir, segment, ends) = write_log("reclaim", 2);
+    let (dir, segment, _) = write_log("reclaim", 2);
     let mut next = SegmentWriter::create(&dir, segment + 1, 1 << 20).expect("segment");
     let (end, _) = next.append(&encode(&record(9), 9)).expect("append");
     write_checkpoint(&dir, Position::start_of(segment + 1)).expect("checkpoint");
@@ -186,7 +186,6 @@ fn segments_before_the_checkpoint_are_deleted_at_start() {
     assert!(!segment_path(&dir, segment).exists());
     assert_eq!(recovered.records, 1);
     assert_eq!(recovered.bytes, end.offset);
-    let _ = ends;
 }
 
 #[test]
@@ -261,14 +260,20 @@ fn a_reader_never_reads_past_the_committed_end() {
     drop(recover(&dir).expect("empty spool"));
     let mut writer = SegmentWriter::create(&dir, 0, 1 << 20).expect("segment");
     let (first, _) = writer.append(&encode(&record(0), 0)).expect("append");
+    // On disk, but past the end the reader is given: as if not yet committed.
+    let (second, _) = writer.append(&encode(&record(1), 1)).expect("append");
     let mut reader = SegmentReader::new(&dir, Position::start_of(0));
-    assert!(reader.next(first).expect("read").is_some());
+    let (entry, after) = reader.next(first).expect("read").expect("the first record");
+    assert_eq!(entry.record.header("ce_id"), Some("id-0"));
+    assert_eq!(after, first);
     assert!(
         reader.next(first).expect("read").is_none(),
-        "nothing past the end"
+        "the second record is past the end"
     );
-    let (second, _) = writer.append(&encode(&record(1), 1)).expect("append");
-    let (entry, after) = reader.next(second).expect("read").expect("the new record");
+    let (entry, after) = reader
+        .next(second)
+        .expect("read")
+        .expect("the second record");
     assert_eq!(entry.record.header("ce_id"), Some("id-1"));
     assert_eq!(after, second);
 }
