@@ -25,6 +25,37 @@ trait Store: Send {
     fn drain(&mut self) -> u64;
 }
 
+/// A batch as length + CRC-32 framed records, the segment log's format.
+fn frames(batch: &[Vec<u8>]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(batch.len() * (RECORD + 8));
+    for record in batch {
+        buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(record).to_le_bytes());
+        buf.extend_from_slice(record);
+    }
+    buf
+}
+
+/// Reads a segment's frames back in order, checking each checksum, up to the end of the file
+/// or a zero length (preallocated space), then deletes the file; returns the records read.
+fn read_back(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).expect("read");
+    let mut at = 0;
+    let mut n = 0;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        assert_eq!(crc32fast::hash(&bytes[at + 8..at + 8 + len]), crc);
+        at += 8 + len;
+        n += 1;
+    }
+    std::fs::remove_file(path).expect("reclaim");
+    n
+}
+
 struct SegmentLog {
     file: std::fs::File,
     path: PathBuf,
@@ -45,29 +76,13 @@ impl SegmentLog {
 
 impl Store for SegmentLog {
     fn commit(&mut self, _first_seq: u64, batch: &[Vec<u8>]) {
-        let mut buf = Vec::with_capacity(batch.len() * (RECORD + 8));
-        for record in batch {
-            buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(record).to_le_bytes());
-            buf.extend_from_slice(record);
-        }
+        let buf = frames(batch);
         self.file.write_all(&buf).expect("write");
         self.file.sync_data().expect("fdatasync");
     }
 
     fn drain(&mut self) -> u64 {
-        let bytes = std::fs::read(&self.path).expect("read");
-        let mut at = 0;
-        let mut n = 0;
-        while at + 8 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-            assert_eq!(crc32fast::hash(&bytes[at + 8..at + 8 + len]), crc);
-            at += 8 + len;
-            n += 1;
-        }
-        std::fs::remove_file(&self.path).expect("reclaim");
-        n
+        read_back(&self.path)
     }
 }
 
@@ -116,33 +131,14 @@ impl Preallocated {
 impl Store for Preallocated {
     fn commit(&mut self, _first_seq: u64, batch: &[Vec<u8>]) {
         use std::os::unix::fs::FileExt;
-        let mut buf = Vec::with_capacity(batch.len() * (RECORD + 8));
-        for record in batch {
-            buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(record).to_le_bytes());
-            buf.extend_from_slice(record);
-        }
+        let buf = frames(batch);
         self.file.write_all_at(&buf, self.len).expect("write");
         self.file.sync_data().expect("fdatasync");
         self.len += buf.len() as u64;
     }
 
     fn drain(&mut self) -> u64 {
-        let bytes = std::fs::read(&self.path).expect("read");
-        let mut at = 0;
-        let mut n = 0;
-        while at + 8 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            if len == 0 {
-                break;
-            }
-            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-            assert_eq!(crc32fast::hash(&bytes[at + 8..at + 8 + len]), crc);
-            at += 8 + len;
-            n += 1;
-        }
-        std::fs::remove_file(&self.path).expect("reclaim");
-        n
+        read_back(&self.path)
     }
 }
 
@@ -155,7 +151,11 @@ impl Store for Fjall {
     fn commit(&mut self, first_seq: u64, batch: &[Vec<u8>]) {
         let mut write = self.keyspace.batch();
         for (i, record) in batch.iter().enumerate() {
-            write.insert(&self.partition, (first_seq + i as u64).to_be_bytes(), record.as_slice());
+            write.insert(
+                &self.partition,
+                (first_seq + i as u64).to_be_bytes(),
+                record.as_slice(),
+            );
         }
         write.commit().expect("fjall commit");
         self.keyspace
@@ -228,7 +228,12 @@ type Waiter = (Vec<u8>, mpsc::Sender<()>);
 /// CPU seconds this process has used (user + system), from /proc/self/stat.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
@@ -316,7 +321,10 @@ fn main() {
                     let partition = keyspace
                         .open_partition("spool", Default::default())
                         .expect("fjall partition");
-                    Box::new(Fjall { keyspace, partition })
+                    Box::new(Fjall {
+                        keyspace,
+                        partition,
+                    })
                 }
                 _ => Box::new(Redb {
                     db: redb::Database::create(dir.join("spool.redb")).expect("redb open"),
