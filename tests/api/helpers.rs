@@ -574,6 +574,14 @@ impl Load {
     }
 }
 
+/// The event ids of 202 answers.
+pub fn ids_of(answers: &[Value]) -> Vec<String> {
+    answers
+        .iter()
+        .map(|answer| answer["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
 /// Asserts that every id is on a record of the topic.
 pub async fn assert_all_stored(bootstrap: &str, topic: &str, accepted: &[String]) {
     let stored = read_records(bootstrap, topic, accepted.len(), Duration::from_secs(20)).await;
