@@ -31,16 +31,33 @@ impl Record {
             .map(|(_, v)| v.as_ref())
     }
 
-    /// The bytes librdkafka counts against `message.max.bytes`.
+    /// The size librdkafka counts against `message.max.bytes` when the record is produced
+    /// (`rd_kafka_msg_max_wire_size`): the most a v2 record's own framing can take, the key and
+    /// the value, and each header's name and value with their zigzag-varint length prefixes.
+    /// A record over the limit is refused at `produce`, so the door must count the same way.
     pub fn size(&self) -> usize {
-        self.key.len()
-            + self.value.len()
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()
+        /// Length, attributes, timestamp delta, offset delta, key length, value length and
+        /// header count, each at its widest varint (librdkafka's
+        /// `RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`).
+        const RECORD_MAX_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + varint_len(n.len()) + varint_len(v.len()))
+            .sum();
+        RECORD_MAX_OVERHEAD + self.key.len() + self.value.len() + headers
     }
+}
+
+/// Bytes of a length as a zigzag varint, as Kafka's record headers encode it.
+fn varint_len(length: usize) -> usize {
+    let mut zigzag = (length as u64) << 1;
+    let mut bytes = 1;
+    while zigzag >= 0x80 {
+        zigzag >>= 7;
+        bytes += 1;
+    }
+    bytes
 }
 
 /// Where a stored record is.
