@@ -62,6 +62,19 @@ pub enum AckMode {
 pub struct SpoolSettings {
     pub dir: PathBuf,
     pub max_bytes: u64,
+    /// What recovery does with a damaged record anywhere but the torn tail of the newest
+    /// segment (`BRIDGE_SPOOL_ON_DAMAGE`).
+    pub on_damage: OnDamage,
+}
+
+/// `BRIDGE_SPOOL_ON_DAMAGE`: acknowledged records are never dropped silently, so by default a
+/// damaged spool stops the start; `set-aside` moves the damaged segment to the quarantine and
+/// goes on with the records before the damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDamage {
+    #[default]
+    Refuse,
+    SetAside,
 }
 
 /// The default bound on the spool's disk use.
@@ -191,6 +204,7 @@ const BRIDGE_VARIABLES: &[&str] = &[
     "BRIDGE_LOG_FORMAT",
     "BRIDGE_SPOOL_DIR",
     "BRIDGE_SPOOL_MAX_BYTES",
+    "BRIDGE_SPOOL_ON_DAMAGE",
 ];
 
 /// The known variable an unknown one most likely meant: the one sharing the longest prefix.
@@ -234,6 +248,7 @@ struct BridgeVars {
     bridge_log_format: Option<String>,
     bridge_spool_dir: Option<PathBuf>,
     bridge_spool_max_bytes: Option<u64>,
+    bridge_spool_on_damage: Option<String>,
 }
 
 /// `KAFKA_*` variables that Kubernetes injects for a Service named `kafka` (service links).
@@ -277,7 +292,21 @@ fn spool_settings(bridge: &BridgeVars, max_body_bytes: u64) -> Result<SpoolSetti
             ),
         ));
     }
-    Ok(SpoolSettings { dir, max_bytes })
+    let on_damage = match bridge.bridge_spool_on_damage.as_deref().map(str::trim) {
+        None | Some("" | "refuse") => OnDamage::Refuse,
+        Some("set-aside") => OnDamage::SetAside,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "BRIDGE_SPOOL_ON_DAMAGE",
+                format!("must be `refuse` or `set-aside`, got `{other}`"),
+            ));
+        }
+    };
+    Ok(SpoolSettings {
+        dir,
+        max_bytes,
+        on_damage,
+    })
 }
 
 impl Settings {
@@ -532,6 +561,11 @@ impl Settings {
         if let AckMode::Spool(spool) = &self.ack_mode {
             rows.push(("BRIDGE_SPOOL_DIR".into(), spool.dir.display().to_string()));
             rows.push(("BRIDGE_SPOOL_MAX_BYTES".into(), spool.max_bytes.to_string()));
+            let on_damage = match spool.on_damage {
+                OnDamage::Refuse => "refuse",
+                OnDamage::SetAside => "set-aside",
+            };
+            rows.push(("BRIDGE_SPOOL_ON_DAMAGE".into(), on_damage.into()));
         }
         for p in &self.kafka.properties {
             let value = if p.is_secret {
@@ -773,6 +807,7 @@ mod tests {
             AckMode::Spool(SpoolSettings {
                 dir: PathBuf::from("/var/spool/omnichat-bridge"),
                 max_bytes: 1 << 30,
+                on_damage: OnDamage::Refuse,
             })
         );
         assert!(
@@ -827,6 +862,14 @@ mod tests {
                     ("BRIDGE_SPOOL_MAX_BYTES", "lots"),
                 ],
                 "BRIDGE_SPOOL_MAX_BYTES",
+            ),
+            (
+                &[
+                    ("BRIDGE_ACK_MODE", "spool"),
+                    ("BRIDGE_SPOOL_DIR", "/var/spool/bridge"),
+                    ("BRIDGE_SPOOL_ON_DAMAGE", "skip"),
+                ],
+                "BRIDGE_SPOOL_ON_DAMAGE",
             ),
             (&[("BRIDGE_LOG_FORMAT", "xml")], "BRIDGE_LOG_FORMAT"),
             (

@@ -14,7 +14,7 @@ mod forward;
 pub mod log;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::SpoolSettings;
 use crate::publish::{PublishError, PublishFuture, Publisher, QueueDepth, Record, Stored};
-use log::{LogError, Position, SegmentWriter};
+use log::{AppendError, LogError, Position, SegmentWriter};
 
 /// The largest segment file; smaller spools use a sixteenth of their limit, so that a spool
 /// whose records are all forwarded always has room to roll to a new segment.
@@ -64,6 +64,11 @@ struct Shared {
     largest_event: u64,
     /// Bytes on disk plus bytes reserved by requests waiting for the writer.
     used: AtomicU64,
+    /// The volume refused the last write for space; cleared by the next write that succeeds
+    /// or when forwarding deletes a segment.
+    disk_full: AtomicBool,
+    /// Damaged segments recovery moved to the quarantine since start.
+    set_aside_segments: AtomicU64,
     records: AtomicU64,
     forwarded: AtomicU64,
     commits: AtomicU64,
@@ -152,7 +157,7 @@ impl Spool {
         max_record_bytes: usize,
     ) -> Result<Self, LogError> {
         let dir = settings.dir.clone();
-        let recovered = log::recover(&dir)?;
+        let recovered = log::recover(&dir, settings.on_damage)?;
         if recovered.records > 0 {
             tracing::info!(
                 records = recovered.records,
@@ -163,17 +168,17 @@ impl Spool {
         }
         let segment_bytes = (settings.max_bytes / 16).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
         let next = recovered.next_segment.max(recovered.start.segment + 1);
-        let writer =
-            SegmentWriter::create(&dir, next, segment_bytes).map_err(|source| LogError::Io {
-                path: log::segment_path(&dir, next),
-                source,
-            })?;
+        // Nothing is written until the first record: a full volume must still start, so that
+        // forwarding frees it.
+        let writer = SegmentWriter::new(&dir, next, segment_bytes);
         let (committed, _) = watch::channel(writer.end());
         let (acknowledged, _) = watch::channel(recovered.start);
         let shared = Arc::new(Shared {
             limit: settings.max_bytes,
             largest_event: largest_event as u64,
-            used: AtomicU64::new(recovered.bytes + log::HEADER_LEN),
+            used: AtomicU64::new(recovered.bytes),
+            disk_full: AtomicBool::new(false),
+            set_aside_segments: AtomicU64::new(recovered.set_aside_segments),
             records: AtomicU64::new(recovered.records),
             forwarded: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -268,7 +273,8 @@ impl Spool {
                 now_ms().saturating_sub(oldest)
             }),
             forwarded: shared.forwarded.load(Ordering::Acquire),
-            has_room: used + shared.largest_event <= shared.limit,
+            has_room: !shared.disk_full.load(Ordering::Acquire)
+                && used + shared.largest_event <= shared.limit,
             forward_error: shared
                 .forward_error
                 .lock()
@@ -334,14 +340,14 @@ fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared:
             }
         }
         let outcome = match shared.failure() {
-            Some(reason) => Err(reason),
+            Some(reason) => Err(AppendError::Io(std::io::Error::other(reason))),
             None => {
                 frames.clear();
                 for append in &batch {
                     frames.extend_from_slice(&append.frame);
                 }
                 let started = Instant::now();
-                let appended = writer.append(&frames).map_err(|error| error.to_string());
+                let appended = writer.append(&frames);
                 let took = started.elapsed();
                 shared.commits.fetch_add(1, Ordering::AcqRel);
                 shared
@@ -359,6 +365,7 @@ fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared:
         };
         match outcome {
             Ok((end, grown)) => {
+                shared.disk_full.store(false, Ordering::Release);
                 // The batch's reservation becomes what the files grew by: a new segment's
                 // size, or nothing while a preallocated segment has room.
                 let reserved = bytes as u64;
@@ -375,7 +382,23 @@ fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared:
                     let _ = append.done.send(Ok(()));
                 }
             }
-            Err(reason) => {
+            Err(AppendError::NoSpace(error)) => {
+                // Nothing of the batch was kept; the senders retry once forwarding has freed
+                // space, and readiness says the spool is full meanwhile.
+                if !shared.disk_full.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "Spool volume full; answering 503 spool_full until forwarding frees space: {error}"
+                    );
+                }
+                shared.release(bytes as u64);
+                for append in batch.drain(..) {
+                    let _ = append.done.send(Err(PublishError::SpoolFull {
+                        limit: shared.limit,
+                    }));
+                }
+            }
+            Err(AppendError::Io(error)) => {
+                let reason = error.to_string();
                 if shared.failure().is_none() {
                     shared.fail(reason.clone());
                 }

@@ -5,8 +5,10 @@
 //! payload's length (u32 LE), its CRC-32 (u32 LE), and the payload: one record, as the
 //! accepted-at time (u64 LE, milliseconds since the epoch), then topic, key, headers and value,
 //! each prefixed by its length. A frame counts only when it is complete and its checksum
-//! matches: the first one that is not ends the segment (a torn tail from a crash mid-write) and
-//! recovery cuts it off.
+//! matches. Only the newest segment may end in a partial frame (a crash mid-write, never
+//! acknowledged), which recovery cuts off; anything else that is not a frame is damage to
+//! acknowledged records, which stops the start (or, with `BRIDGE_SPOOL_ON_DAMAGE=set-aside`,
+//! moves the segment to `quarantine/` and keeps the records before the damage).
 //!
 //! The checkpoint (`checkpoint`) names the position of the first record not yet acknowledged
 //! by Kafka, with its own checksum. Losing an update only means records are sent again, never
@@ -19,6 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::OnDamage;
 use crate::publish::Record;
 
 /// The format this version writes and reads. A spool written in another version is refused at
@@ -31,6 +34,8 @@ const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_MAGIC: &[u8; 8] = b"OCBCKPT1";
 const CHECKPOINT_LEN: usize = 28;
 const LOCK: &str = "spool.lock";
+/// Where damaged segments and records Kafka refused for good are set aside.
+pub const QUARANTINE: &str = "quarantine";
 /// No single record comes near this; a larger length field is a torn or corrupt frame.
 const MAX_FRAME: usize = 256 << 20;
 
@@ -59,6 +64,16 @@ pub enum LogError {
     Format { path: PathBuf, reason: String },
     #[error("{dir} is in use by another bridge process (one spool per replica)")]
     Locked { dir: PathBuf },
+    #[error(
+        "{path}: damaged at byte {offset} ({what}), and acknowledged records may follow it; \
+         start refused. Restore the file, or set BRIDGE_SPOOL_ON_DAMAGE=set-aside to move the \
+         segment to quarantine/ and go on"
+    )]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -180,9 +195,11 @@ enum Parsed {
     Frame(Entry, u64),
     /// Not enough bytes yet: at least this many are needed.
     Incomplete(usize),
-    /// No frame here. `clean`: the end of what was written (the end of the file, or zeros);
-    /// otherwise a torn or corrupt frame.
-    End { clean: bool },
+    /// A zero length and checksum: nothing was written here (or zeros after a power loss).
+    Zeros,
+    /// Not a frame: an impossible length, a checksum that does not match, or a record that
+    /// does not decode.
+    Corrupt(&'static str),
 }
 
 fn parse_frame(bytes: &[u8], topics: &mut Vec<Arc<str>>) -> Parsed {
@@ -192,21 +209,36 @@ fn parse_frame(bytes: &[u8], topics: &mut Vec<Arc<str>>) -> Parsed {
     let length = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     if length == 0 {
-        return Parsed::End { clean: crc == 0 };
+        return if crc == 0 {
+            Parsed::Zeros
+        } else {
+            Parsed::Corrupt("an empty frame")
+        };
     }
     if length > MAX_FRAME {
-        return Parsed::End { clean: false };
+        return Parsed::Corrupt("an impossible frame length");
     }
     let Some(payload) = bytes.get(FRAME_HEAD..FRAME_HEAD + length) else {
         return Parsed::Incomplete(FRAME_HEAD + length);
     };
     if crc32fast::hash(payload) != crc {
-        return Parsed::End { clean: false };
+        return Parsed::Corrupt("a checksum that does not match");
     }
     match decode(payload, topics) {
         Some(entry) => Parsed::Frame(entry, (FRAME_HEAD + length) as u64),
-        None => Parsed::End { clean: false },
+        None => Parsed::Corrupt("a record that does not decode"),
     }
+}
+
+/// What a [`FrameReader`] finds at an offset.
+enum Found {
+    Frame(Entry, u64),
+    /// Nothing at all before the limit: the end of what was written.
+    End,
+    /// Part of a frame, then the end: a write cut short.
+    Torn,
+    Zeros,
+    Corrupt(&'static str),
 }
 
 /// How much a [`FrameReader`] reads at once.
@@ -237,7 +269,7 @@ impl FrameReader {
         offset: u64,
         limit: u64,
         topics: &mut Vec<Arc<str>>,
-    ) -> io::Result<Parsed> {
+    ) -> io::Result<Found> {
         loop {
             let buffered = offset
                 .checked_sub(self.start)
@@ -246,12 +278,15 @@ impl FrameReader {
             let have = buffered.len();
             let needed = match parse_frame(buffered, topics) {
                 Parsed::Incomplete(needed) => needed,
-                parsed => return Ok(parsed),
+                Parsed::Frame(entry, len) => return Ok(Found::Frame(entry, len)),
+                Parsed::Zeros => return Ok(Found::Zeros),
+                Parsed::Corrupt(what) => return Ok(Found::Corrupt(what)),
             };
+            let end_here = |have: usize| if have == 0 { Found::End } else { Found::Torn };
             let want = (needed.max(READ_CHUNK) as u64).min(limit.saturating_sub(offset)) as usize;
             if want <= have {
                 // Nothing more may be read: the end of what is committed.
-                return Ok(Parsed::End { clean: have == 0 });
+                return Ok(end_here(have));
             }
             self.buffer.resize(want, 0);
             let mut read = 0;
@@ -270,8 +305,26 @@ impl FrameReader {
             self.start = offset;
             if read <= have {
                 // The end of the file: cleanly between frames, or inside a torn one.
-                return Ok(Parsed::End { clean: read == 0 });
+                return Ok(end_here(read));
             }
+        }
+    }
+
+    /// Whether every byte from `offset` to the end of the file is zero.
+    fn zeros_from(&self, offset: u64) -> io::Result<bool> {
+        let mut chunk = vec![0; READ_CHUNK];
+        let mut at = offset;
+        loop {
+            let n = match self.file.read_at(&mut chunk, at) {
+                Ok(0) => return Ok(true),
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            if chunk[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
         }
     }
 }
@@ -330,13 +383,16 @@ pub struct Recovered {
     pub bytes: u64,
     /// The segment new records go to: one past the last, so recovered segments stay sealed.
     pub next_segment: u64,
-    /// Bytes cut off torn tails.
+    /// Bytes cut off the newest segment's torn tail.
     pub cut_bytes: u64,
+    /// Damaged segments moved to the quarantine (with `BRIDGE_SPOOL_ON_DAMAGE=set-aside`).
+    pub set_aside_segments: u64,
 }
 
-/// Opens the spool directory: takes its lock, checks every segment's format, cuts torn
-/// tails at the first bad frame, and counts what is still to be forwarded.
-pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
+/// Opens the spool directory: takes its lock, checks every segment, cuts the newest
+/// segment's torn tail, and counts what is still to be forwarded. Any other damage is handled
+/// as `on_damage` says. Writes nothing new, so a full volume still starts (and drains).
+pub fn recover(dir: &Path, on_damage: OnDamage) -> Result<Recovered, LogError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let lock_path = dir.join(LOCK);
     let lock = OpenOptions::new()
@@ -382,6 +438,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
         bytes: 0,
         next_segment: segments.last().map_or(0, |last| last + 1),
         cut_bytes: 0,
+        set_aside_segments: 0,
     };
     let mut removed = false;
     for &segment in &segments {
@@ -392,49 +449,64 @@ pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
             removed = true;
             continue;
         }
+        let newest = Some(&segment) == segments.last();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .map_err(io_error(&path))?;
         if !check_header(&path, &mut file)? {
+            // Shorter than a header: it never held a record.
+            drop(file);
             std::fs::remove_file(&path).map_err(io_error(&path))?;
             removed = true;
             continue;
         }
         let file_len = file.metadata().map_err(io_error(&path))?.len();
         let mut reader = FrameReader::new(file);
-        let mut offset = HEADER_LEN;
+        // Records before the checkpoint were forwarded: reading starts where forwarding does.
+        let mut offset = if segment == start.segment {
+            start.offset.clamp(HEADER_LEN, file_len.max(HEADER_LEN))
+        } else {
+            HEADER_LEN
+        };
         let mut topics = Vec::new();
-        let clean = loop {
+        let damage = loop {
             match reader
                 .frame_at(offset, file_len, &mut topics)
                 .map_err(io_error(&path))?
             {
-                Parsed::Frame(_, len) => {
-                    if segment > start.segment || offset >= start.offset {
-                        recovered.records += 1;
-                    }
+                Found::Frame(_, len) => {
+                    recovered.records += 1;
                     offset += len;
                 }
-                Parsed::End { clean } => break clean,
-                Parsed::Incomplete(_) => break false,
+                Found::End => break None,
+                // A crash mid-write leaves a partial frame, only ever in the newest segment.
+                Found::Torn if newest => {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        valid_bytes = offset,
+                        cut_bytes = file_len - offset,
+                        "Spool segment ends in a partial record (a crash mid-write, never acknowledged); cut it off"
+                    );
+                    recovered.cut_bytes += file_len - offset;
+                    break None;
+                }
+                Found::Torn => break Some("a partial record at the end of a sealed segment"),
+                // Space a power loss extended but no fsync completed for: never acknowledged.
+                Found::Zeros if newest && reader.zeros_from(offset).map_err(io_error(&path))? => {
+                    tracing::debug!(segment = %path.display(), "Trimmed a zero-filled tail");
+                    break None;
+                }
+                Found::Zeros => break Some("zeros where a record should be"),
+                Found::Corrupt(what) => break Some(what),
             }
         };
+        if let Some(what) = damage {
+            set_aside_or_refuse(dir, &path, &reader.file, offset, what, on_damage)?;
+            recovered.set_aside_segments += 1;
+        }
         if offset < file_len {
-            if clean {
-                // Zeros where a frame would start: space the filesystem extended but that no
-                // fsync completed for (after a power loss), never acknowledged.
-                tracing::debug!(segment = %path.display(), "Trimmed a zero-filled tail");
-            } else {
-                tracing::warn!(
-                    segment = %path.display(),
-                    valid_bytes = offset,
-                    cut_bytes = file_len - offset,
-                    "Spool segment ends in a torn or corrupt frame (a crash mid-write); cut it off"
-                );
-                recovered.cut_bytes += file_len - offset;
-            }
             reader.file.set_len(offset).map_err(io_error(&path))?;
             reader.file.sync_all().map_err(io_error(&path))?;
         }
@@ -449,6 +521,47 @@ pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
     }
     recovered.start = start;
     Ok(recovered)
+}
+
+/// Damage anywhere but a torn tail: acknowledged records may be lost, so the start stops,
+/// unless the operator chose to go on. Then the whole segment, as found, is copied to the
+/// quarantine (durably) before the caller cuts it at the damage, so that the records before it
+/// are still forwarded and those after it can be salvaged by hand.
+fn set_aside_or_refuse(
+    dir: &Path,
+    path: &Path,
+    file: &File,
+    offset: u64,
+    what: &'static str,
+    on_damage: OnDamage,
+) -> Result<(), LogError> {
+    if on_damage == OnDamage::Refuse {
+        return Err(LogError::Damaged {
+            path: path.to_owned(),
+            offset,
+            what,
+        });
+    }
+    let quarantine = dir.join(QUARANTINE);
+    std::fs::create_dir_all(&quarantine).map_err(io_error(&quarantine))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
+    let copy = quarantine.join(format!("damaged-at-{offset}-{name}"));
+    let mut target = File::create(&copy).map_err(io_error(&copy))?;
+    let mut source = file.try_clone().map_err(io_error(path))?;
+    io::Seek::seek(&mut source, io::SeekFrom::Start(0)).map_err(io_error(path))?;
+    io::copy(&mut source, &mut target).map_err(io_error(&copy))?;
+    target.sync_all().map_err(io_error(&copy))?;
+    sync_dir(&quarantine).map_err(io_error(&quarantine))?;
+    tracing::error!(
+        segment = %path.display(),
+        offset,
+        quarantined = %copy.display(),
+        "Spool segment damaged ({what}); moved to the quarantine, forwarding the records before the damage"
+    );
+    Ok(())
 }
 
 fn read_checkpoint(dir: &Path) -> Option<Position> {
@@ -490,51 +603,114 @@ pub fn write_checkpoint(dir: &Path, position: Position) -> io::Result<()> {
         .write_all_at(&bytes, 0)
 }
 
-/// Appends frames to the newest segment, rolling to a new one when it is full.
+/// Why an append was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The volume has no room (ENOSPC, or a quota): nothing of the batch was kept, and the
+    /// spool goes on once forwarding frees space.
+    #[error("the spool's volume is full: {0}")]
+    NoSpace(io::Error),
+    /// Any other failure: what is on disk is unknown until recovery reads it again.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+fn is_no_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Appends frames to the newest segment, rolling to a new one when it is full. Segments are
+/// created when the first record needs one, so a start on a full volume writes nothing.
 #[derive(Debug)]
 pub struct SegmentWriter {
     dir: PathBuf,
+    /// The segment written to, or the one the next append creates.
     segment: u64,
-    file: File,
+    file: Option<File>,
     len: u64,
     segment_bytes: u64,
 }
 
 impl SegmentWriter {
-    /// Creates segment `segment`; the header and the directory entry are durable on return.
-    pub fn create(dir: &Path, segment: u64, segment_bytes: u64) -> io::Result<Self> {
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(segment_path(dir, segment))?;
-        write_header(&mut file)?;
-        file.sync_all()?;
-        sync_dir(dir)?;
-        Ok(Self {
+    /// A writer whose first append creates segment `segment`.
+    pub fn new(dir: &Path, segment: u64, segment_bytes: u64) -> Self {
+        Self {
             dir: dir.to_owned(),
             segment,
-            file,
+            file: None,
             len: HEADER_LEN,
             segment_bytes,
-        })
+        }
+    }
+
+    /// Creates segment `segment`; its header and directory entry are durable on return. A
+    /// failed creation leaves no file behind (best effort: recovery removes a headerless one).
+    fn open(&mut self, segment: u64) -> io::Result<()> {
+        let path = segment_path(&self.dir, segment);
+        let created = (|| {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)?;
+            write_header(&mut file)?;
+            file.sync_all()?;
+            sync_dir(&self.dir)?;
+            Ok(file)
+        })();
+        match created {
+            Ok(file) => {
+                self.segment = segment;
+                self.file = Some(file);
+                self.len = HEADER_LEN;
+                Ok(())
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&path);
+                Err(error)
+            }
+        }
     }
 
     /// Appends `frames` and fsyncs them; returns the end of the log and the bytes the files
     /// grew by (a new segment's header included).
-    pub fn append(&mut self, frames: &[u8]) -> io::Result<(Position, u64)> {
+    pub fn append(&mut self, frames: &[u8]) -> Result<(Position, u64), AppendError> {
         let mut grown = 0;
-        if self.len >= self.segment_bytes {
+        let next = match &self.file {
+            None => Some(self.segment),
             // The old segment is complete and synced; records go on in a new one.
-            *self = Self::create(&self.dir, self.segment + 1, self.segment_bytes)?;
+            Some(_) if self.len >= self.segment_bytes => Some(self.segment + 1),
+            Some(_) => None,
+        };
+        if let Some(segment) = next {
+            self.open(segment)
+                .map_err(|error| match is_no_space(&error) {
+                    true => AppendError::NoSpace(error),
+                    false => AppendError::Io(error),
+                })?;
             grown += HEADER_LEN;
         }
-        self.file.write_all_at(frames, self.len)?;
-        self.file.sync_data()?;
+        let Some(file) = &self.file else {
+            return Err(AppendError::Io(io::Error::other("no segment open")));
+        };
+        if let Err(error) = file.write_all_at(frames, self.len) {
+            // Part of the batch may be on disk; cut it so the segment ends at its last frame.
+            let cut = file.set_len(self.len);
+            return Err(match (is_no_space(&error), cut) {
+                (true, Ok(())) => AppendError::NoSpace(error),
+                _ => AppendError::Io(error),
+            });
+        }
+        file.sync_data().map_err(AppendError::Io)?;
         self.len += frames.len() as u64;
         grown += frames.len() as u64;
         Ok((self.end(), grown))
     }
 
+    /// The end of what is durable: where the reader stops.
     pub fn end(&self) -> Position {
         Position {
             segment: self.segment,
@@ -601,40 +777,31 @@ impl SegmentReader {
             } else {
                 u64::MAX
             };
-            match file.frame_at(self.position.offset, limit, &mut self.topics)? {
-                Parsed::Frame(entry, len) => {
+            let found = file.frame_at(self.position.offset, limit, &mut self.topics)?;
+            let what = match found {
+                Found::Frame(entry, len) => {
                     self.position.offset += len;
                     return Ok(Some((entry, self.position)));
                 }
-                Parsed::End { .. } | Parsed::Incomplete(_)
-                    if self.position.segment >= end.segment =>
-                {
-                    // Only reachable if the committed end pointed into a corrupt frame.
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "spool segment {} has no readable record at offset {}",
-                            self.position.segment, self.position.offset
-                        ),
-                    ));
-                }
-                Parsed::End { clean } => {
-                    if !clean {
-                        tracing::error!(
-                            segment = self.position.segment,
-                            offset = self.position.offset,
-                            "Spool segment has an unreadable frame before its end; \
-                             the rest of the segment is skipped"
-                        );
-                    }
+                Found::End if self.position.segment < end.segment => {
                     self.file = None;
                     self.position = Position::start_of(self.position.segment + 1);
+                    continue;
                 }
-                Parsed::Incomplete(_) => {
-                    self.file = None;
-                    self.position = Position::start_of(self.position.segment + 1);
-                }
-            }
+                Found::End | Found::Torn => "a record cut short",
+                Found::Zeros => "zeros where a record should be",
+                Found::Corrupt(what) => what,
+            };
+            // Never skipped: the records after it were acknowledged. A restart's recovery
+            // refuses to start or sets the segment aside, as BRIDGE_SPOOL_ON_DAMAGE says.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is damaged at byte {} ({what})",
+                    segment_path(&self.dir, self.position.segment).display(),
+                    self.position.offset
+                ),
+            ));
         }
     }
 }
