@@ -3,6 +3,7 @@
 //! implementation, the durable spool (which forwards to Kafka) the other; tests plug in fakes.
 
 pub mod kafka;
+pub mod refusal;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -69,7 +70,8 @@ pub enum Stored {
     Spooled,
 }
 
-/// Why a record was not stored. Every variant but `TooLarge` means the sender should retry later.
+/// Why a record was not stored. Every variant but `TooLarge` and `Poison` means the sender
+/// should retry later.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     #[error("the producer queue is full")]
@@ -82,6 +84,9 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("Kafka did not take the record: {0}")]
     Failed(String),
+    /// Kafka refuses this record for good (see [`refusal`]); retrying cannot help.
+    #[error("Kafka refuses this record for good ({code}): {0}", code = .0.code_name())]
+    Poison(refusal::Refused),
 }
 
 pub type PublishFuture<'a> =

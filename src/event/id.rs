@@ -50,6 +50,18 @@ pub fn for_webhook(
     uuid_v8(&hash.finalize())
 }
 
+/// The id an unsigned delivery of `webhook` gets, with its times normalized here.
+pub fn unsigned(webhook: &Webhook<'_>, body: &[u8]) -> String {
+    let read = |raw: Option<&RawValue>| raw.and_then(super::time::parse).map(super::time::format);
+    let updated_at = webhook.message.as_ref().and_then(|m| m.updated_at);
+    for_webhook(
+        webhook,
+        read(webhook.timestamp).as_deref(),
+        read(updated_at).as_deref(),
+        body,
+    )
+}
+
 /// The id of a body that could not be read as a webhook: its bytes are all there is.
 pub fn for_bytes(body: &[u8]) -> String {
     uuid_v8(&Sha256::digest(body))

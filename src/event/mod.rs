@@ -4,7 +4,11 @@
 //! travel as `ce_*` headers so consumers can route without parsing the value.
 
 pub mod id;
+pub mod set_aside;
 pub mod time;
+
+/// `ce_type` of every dead letter.
+pub const DEAD_LETTER_TYPE: &str = "chat.omni.deadletter";
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -56,6 +60,7 @@ impl Normalizer {
                 receipt.body,
             ),
         };
+        debug_assert!(receipt.signed_id.is_some() || id == id::unsigned(webhook, receipt.body));
         let kind = event_type(&webhook.resource, &webhook.action);
         let received_at = rfc3339(receipt.received_at);
         let key = webhook.key().to_owned();
@@ -138,13 +143,23 @@ impl Normalizer {
             ),
             (
                 Header::Borrowed("ce_type"),
-                Header::Borrowed("chat.omni.deadletter"),
+                Header::Borrowed(DEAD_LETTER_TYPE),
             ),
             (
                 Header::Borrowed("ce_time"),
                 Header::Owned(rfc3339(receipt.received_at)),
             ),
+            (
+                Header::Borrowed("received_at"),
+                Header::Owned(rfc3339(receipt.received_at)),
+            ),
         ];
+        if let Some(signed) = receipt.signed_id {
+            headers.push((
+                Header::Borrowed("webhook-id"),
+                Header::Owned(signed.to_owned()),
+            ));
+        }
         if let Some(traceparent) = receipt.traceparent {
             headers.push((
                 Header::Borrowed("traceparent"),
@@ -157,6 +172,32 @@ impl Normalizer {
             headers,
             value: receipt.body.to_vec(),
         }
+    }
+
+    /// The dead letter for an event Kafka refused for good (kafka mode: the request is still
+    /// here, so the body comes from it).
+    pub fn refused_event(
+        &self,
+        record_id: &str,
+        webhook: &Webhook<'_>,
+        receipt: &Receipt<'_>,
+        refused: &crate::publish::refusal::Refused,
+    ) -> Record {
+        let original = set_aside::Original {
+            body: receipt.body,
+            id: record_id,
+            key: webhook.key(),
+            topic: self.topic_for(&webhook.resource),
+            source: &self.source,
+            signed_id: receipt.signed_id,
+            traceparent: receipt.traceparent,
+            received_at: receipt.received_at,
+        };
+        set_aside::refused(&original, &self.topics.deadletter, refused)
+    }
+
+    pub fn deadletter_topic(&self) -> &Arc<str> {
+        &self.topics.deadletter
     }
 
     fn topic_for(&self, resource: &Resource<'_>) -> &Arc<str> {

@@ -47,6 +47,10 @@ impl IngressError {
             IngressError::Overloaded => "overloaded",
             IngressError::NotStored(PublishError::QueueFull) => "queue_full",
             IngressError::NotStored(PublishError::TooLarge { .. }) => "payload_too_large",
+            IngressError::NotStored(PublishError::Poison(refused)) if refused.is_too_large() => {
+                "payload_too_large"
+            }
+            IngressError::NotStored(PublishError::Poison(_)) => "refused_by_kafka",
             IngressError::NotStored(PublishError::SpoolFull { .. }) => "spool_full",
             IngressError::NotStored(PublishError::Timeout(_)) => "publish_timeout",
             IngressError::NotStored(PublishError::Failed(_)) => "publish_failed",
@@ -60,7 +64,9 @@ impl IngressError {
             IngressError::Overloaded | IngressError::NotStored(PublishError::QueueFull) => {
                 Some(RETRY_AFTER_OVERLOADED)
             }
-            IngressError::NotStored(PublishError::TooLarge { .. }) => None,
+            IngressError::NotStored(PublishError::TooLarge { .. } | PublishError::Poison(_)) => {
+                None
+            }
             IngressError::NotStored(_) => Some(RETRY_AFTER_UNAVAILABLE),
             _ => None,
         }
@@ -75,6 +81,11 @@ impl ResponseError for IngressError {
             | IngressError::NotStored(PublishError::TooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            // Kafka will never take it: a 4xx, so that the sender does not retry forever.
+            IngressError::NotStored(PublishError::Poison(refused)) if refused.is_too_large() => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            IngressError::NotStored(PublishError::Poison(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             IngressError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Rejected(rejection) if rejection.is_malformed() => {

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use crate::event::{Normalizer, Receipt, is_traceparent};
 use crate::omnichat::Webhook;
 use crate::ops::Metrics;
-use crate::publish::{Publisher, Stored};
+use crate::publish::{PublishError, Publisher, Stored};
 pub use auth::{Authenticator, Credential};
 pub use error::IngressError;
 
@@ -162,11 +162,9 @@ async fn accept(
             let id = record.header("ce_id").unwrap_or_default().to_owned();
             let topic = record.topic.clone();
             let started = Instant::now();
-            let stored = ingress
-                .publisher
-                .publish(record)
-                .await
-                .inspect_err(|error| {
+            let stored = match ingress.publisher.publish(record).await {
+                Ok(stored) => stored,
+                Err(error) => {
                     tracing::warn!(
                         event_id = %id,
                         object_id = %webhook.object_id,
@@ -174,7 +172,15 @@ async fn accept(
                         %topic,
                         "Event not stored: {error}"
                     );
-                })?;
+                    if let PublishError::Poison(refused) = &error {
+                        let letter = ingress
+                            .normalizer
+                            .refused_event(&id, &webhook, &receipt, refused);
+                        dead_letter_refused(ingress, letter, &id).await;
+                    }
+                    return Err(error.into());
+                }
+            };
             ingress.metrics.observe_event(
                 &topic,
                 &webhook.resource,
@@ -217,6 +223,24 @@ async fn accept(
             );
             Err(IngressError::Rejected(rejection))
         }
+    }
+}
+
+/// Kafka refused an event for good: its body goes to the dead-letter topic, if that takes it.
+/// The sender hears a 4xx either way (nothing to retry); the README says that when the
+/// dead-letter topic refuses it too, nothing was stored.
+async fn dead_letter_refused(ingress: &Ingress, letter: crate::publish::Record, id: &str) {
+    let code = letter.header("error_code").unwrap_or_default().to_owned();
+    match ingress.publisher.publish(letter).await {
+        Ok(_) => {
+            ingress.metrics.observe_dead_letter(&code);
+            tracing::warn!(event_id = %id, code, "Event refused by Kafka for good; dead-lettered");
+        }
+        Err(error) => tracing::error!(
+            event_id = %id,
+            code,
+            "Event refused by Kafka for good, and the dead-letter topic did not take it either; nothing stored: {error}"
+        ),
     }
 }
 

@@ -1,5 +1,15 @@
 //! The Kafka publisher: an idempotent librdkafka producer with `acks=all`, whose delivery report
 //! is awaited before a webhook is answered.
+//!
+//! Deliveries are completed from librdkafka's own delivery callback ([`BridgeContext`]), which
+//! also counts acknowledgements, so an acknowledgement that arrives after a request's deadline
+//! still counts and a slow producer is never taken for a stuck one.
+//!
+//! A producer that dies (fatal, fenced, stuck) is replaced by a new *generation*: the old one
+//! is taken out of service at once, every record it holds is resolved (acknowledged or
+//! purged), it is destroyed, and only then does a new one take records. Records of two
+//! producers are therefore never in flight together, so an older record can never land behind
+//! a newer one sent through the new producer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -9,20 +19,26 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
+use tokio::sync::oneshot;
 
+use super::refusal::{Refused, Verdict};
 use super::{PublishError, PublishFuture, Publisher, QueueDepth, Record, Stored};
+use crate::config::{ConfigError, KafkaSettings};
 
 /// The shortest time without any acknowledgement, while Kafka answers metadata, after which a
 /// producer counts as stuck (at least twice the publish deadline).
 const STUCK_AFTER_AT_LEAST: Duration = Duration::from_secs(10);
+/// How long a replacement waits for the old producer's records to resolve after purging them.
+const RESOLVE_WAIT: Duration = Duration::from_secs(10);
 
 /// librdkafka's default `queue.buffering.max.messages`.
 const DEFAULT_QUEUE_LIMIT: usize = 100_000;
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
-use crate::config::{ConfigError, KafkaSettings};
 
 /// Properties the bridge sets before the operator's `KAFKA_*` ones. The guarded ones cannot be
 /// overridden (see `config`); the others are defaults chosen for webhooks.
@@ -54,13 +70,34 @@ pub fn client_config(kafka: &KafkaSettings, publish_timeout: Duration) -> Client
     config
 }
 
-/// Routes librdkafka's own logs into `tracing`. During an outage librdkafka reports every failed
-/// reconnect as an error; readiness already logs each change of Kafka's state once, so
-/// connection churn goes to debug and only warnings and fatal errors stay loud.
-#[derive(Debug, Clone, Default)]
-pub struct QuietContext;
+/// What librdkafka reported for one record: where it landed, or why not.
+pub type Outcome = Result<Acked, Refused>;
 
-impl ClientContext for QuietContext {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Resolves with the record's [`Outcome`]; closed only if the producer vanished without one.
+pub type Delivery = oneshot::Receiver<Outcome>;
+
+/// Counts what librdkafka reports, over every producer generation.
+#[derive(Debug, Default)]
+struct Reports {
+    acknowledged: AtomicU64,
+}
+
+/// Routes librdkafka's logs into `tracing` and completes each record's [`Delivery`] from its
+/// delivery callback. During an outage librdkafka reports every failed reconnect as an error;
+/// readiness already logs each change of Kafka's state once, so connection churn goes to debug
+/// and only warnings and fatal errors stay loud.
+#[derive(Debug, Default)]
+pub struct BridgeContext {
+    reports: Arc<Reports>,
+}
+
+impl ClientContext for BridgeContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
@@ -80,17 +117,61 @@ impl ClientContext for QuietContext {
     }
 }
 
-pub type KafkaProducer = FutureProducer<QuietContext>;
+impl ProducerContext for BridgeContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Outcome>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+        let outcome = match result {
+            Ok(message) => {
+                self.reports.acknowledged.fetch_add(1, Ordering::Relaxed);
+                Ok(Acked {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                })
+            }
+            Err((error, _)) => Err(Refused::from(error)),
+        };
+        let _ = reply.send(outcome);
+    }
+}
+
+pub type KafkaProducer = ThreadedProducer<BridgeContext>;
+
+/// One producer and its number; a replacement starts the next number.
+#[derive(Clone)]
+struct Generation {
+    number: u64,
+    producer: Arc<KafkaProducer>,
+}
+
+/// Why a record was not handed to a producer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The producer generation asked for is gone (or being replaced).
+    #[error("the Kafka producer is being replaced")]
+    Replaced,
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+struct Inner {
+    config: ClientConfig,
+    /// `None` while a replacement is under way: nothing is sent then.
+    current: RwLock<Option<Generation>>,
+    /// One replacement at a time.
+    replacing: Mutex<()>,
+    reports: Arc<Reports>,
+    /// Set when a new producer could not be created: only a restart mends that.
+    broken: Mutex<Option<String>>,
+    /// Since when records have been waiting with no acknowledgement, and the count of
+    /// acknowledgements then.
+    stalled: Mutex<Option<(u64, Instant)>>,
+}
 
 /// Publishes to Kafka and waits for the broker's acknowledgement.
-///
-/// An idempotent producer that fails fatally (fenced, or an unrecoverable sequence error) never
-/// works again, so it is replaced by a new one, in place, the first time the failure is seen.
-/// Every record answered 202 is already in Kafka, so per-chat order survives the swap; records
-/// still queued in the failed producer were or will be answered 503.
+#[derive(Clone)]
 pub struct KafkaPublisher {
-    config: ClientConfig,
-    producer: RwLock<Arc<KafkaProducer>>,
+    inner: Arc<Inner>,
     /// How long a record may wait for its acknowledgement; `None` for the spool's forwarder,
     /// which waits as long as it takes, so that a record is never given up and sent again
     /// behind a later one.
@@ -98,11 +179,6 @@ pub struct KafkaPublisher {
     stuck_after: Duration,
     queue_limit: usize,
     max_record_bytes: usize,
-    /// Records acknowledged since start.
-    acknowledged: AtomicU64,
-    /// Since when records have been waiting with no acknowledgement, and the count of
-    /// acknowledgements then.
-    stalled: Mutex<Option<(u64, Instant)>>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -120,9 +196,11 @@ impl KafkaPublisher {
         Self::create(kafka, Some(publish_timeout), publish_timeout)
     }
 
-    /// A producer that retries each record until the broker takes it (`message.timeout.ms=0`):
-    /// the spool's forwarder. `publish_timeout` only sets how soon a producer that gets no
-    /// acknowledgement from a cluster that answers counts as stuck.
+    /// The spool's forwarder: a producer that retries each record until the broker takes it
+    /// (`message.timeout.ms=0`), and that fails as a whole rather than let a later record of a
+    /// partition land after an earlier one that did not (`enable.gapless.guarantee`).
+    /// `publish_timeout` only sets how soon a producer that gets no acknowledgement from a
+    /// cluster that answers counts as stuck.
     pub fn unbounded(
         kafka: &KafkaSettings,
         publish_timeout: Duration,
@@ -140,11 +218,11 @@ impl KafkaPublisher {
             // Whatever KAFKA_MESSAGE_TIMEOUT_MS says: a record given up and sent again could
             // land behind a later one.
             config.set("message.timeout.ms", "0");
+            config.set("enable.gapless.guarantee", "true");
         }
-        let producer: KafkaProducer = config
-            .create_with_context(QuietContext)
-            .map_err(|error| config_error(kafka, error))?;
-        let producer = RwLock::new(Arc::new(producer));
+        let reports = Arc::new(Reports::default());
+        let producer =
+            new_producer(&config, &reports).map_err(|error| config_error(kafka, error))?;
         let number = |name: &str, default: usize| {
             config
                 .get(name)
@@ -154,12 +232,19 @@ impl KafkaPublisher {
         Ok(Self {
             queue_limit: number("queue.buffering.max.messages", DEFAULT_QUEUE_LIMIT),
             max_record_bytes: number("message.max.bytes", DEFAULT_MAX_RECORD_BYTES),
-            config,
-            producer,
             publish_timeout,
             stuck_after: (stuck_base * 2).max(STUCK_AFTER_AT_LEAST),
-            acknowledged: AtomicU64::new(0),
-            stalled: Mutex::new(None),
+            inner: Arc::new(Inner {
+                config,
+                current: RwLock::new(Some(Generation {
+                    number: 0,
+                    producer: Arc::new(producer),
+                })),
+                replacing: Mutex::new(()),
+                reports,
+                broken: Mutex::new(None),
+                stalled: Mutex::new(None),
+            }),
         })
     }
 
@@ -168,15 +253,98 @@ impl KafkaPublisher {
         self.max_record_bytes
     }
 
+    /// The generation records go to now; `None` while a replacement is under way.
+    pub fn generation(&self) -> Option<u64> {
+        self.inner.current().map(|g| g.number)
+    }
+
+    /// Hands `record` to the producer of `generation` (any, if `None`) and returns which
+    /// generation took it and its delivery.
+    pub fn send(
+        &self,
+        record: &Record,
+        generation: Option<u64>,
+    ) -> Result<(u64, Delivery), SendError> {
+        let current = self.inner.current.read().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = current.as_ref() else {
+            return Err(SendError::Replaced);
+        };
+        if generation.is_some_and(|wanted| wanted != current.number) {
+            return Err(SendError::Replaced);
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(KafkaHeader {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let (reply, delivery) = oneshot::channel();
+        let sent = current.producer.send(
+            BaseRecord::with_opaque_to(&record.topic, Box::new(reply))
+                .key(&record.key)
+                .payload(&record.value)
+                .headers(headers),
+        );
+        match sent {
+            Ok(()) => Ok((current.number, delivery)),
+            Err((error, _)) => Err(SendError::Publish(match error {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    PublishError::QueueFull
+                }
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                    PublishError::TooLarge {
+                        size: record.size(),
+                        limit: self.max_record_bytes,
+                    }
+                }
+                error => PublishError::Failed(error.to_string()),
+            })),
+        }
+    }
+
+    /// Replaces the producer of `generation` with a new one, unless that already happened:
+    /// takes it out of service, purges what it holds, waits until every one of its records is
+    /// resolved, destroys it, and only then lets the next generation take records. Blocks
+    /// (for at most about [`RESOLVE_WAIT`] and a producer's teardown).
+    pub fn replace(&self, generation: u64, why: &str) {
+        self.inner.replace(generation, why);
+    }
+
+    /// Replaces the producer if librdkafka flagged it fatal, or the broker refused its
+    /// identity; called for a record's refusal (`refused`) or by the readiness probe.
+    fn heal(&self, generation: u64, refused: Option<&Refused>) {
+        let Some(current) = self.inner.current().filter(|g| g.number == generation) else {
+            return;
+        };
+        let why = match current.producer.client().fatal_error() {
+            Some((code, reason)) => format!("the Kafka producer failed fatally ({code}: {reason})"),
+            None => match refused.map(|r| r.code).filter(is_producer_identity_error) {
+                Some(code) => format!("the broker no longer accepts this producer ({code})"),
+                None => return,
+            },
+        };
+        drop(current);
+        // Off the caller's thread: a request's task must not block on a producer's teardown.
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-replace".into())
+            .spawn(move || inner.replace(generation, &why));
+        if let Err(error) = spawned {
+            tracing::error!("A dead Kafka producer could not be replaced: {error}");
+        }
+    }
+
     /// A producer is stuck when the cluster answers (the caller's metadata probe succeeded)
     /// yet records have waited a good while with none acknowledged. Seen after a broker restart
-    /// that lost its producer state: librdkafka bumps the epoch and retries forever. A new
-    /// producer starts with a new producer id.
+    /// that lost its producer state: librdkafka bumps the epoch and retries forever.
     fn replace_if_stuck(&self) {
-        let producer = self.current();
-        let acknowledged = self.acknowledged.load(Ordering::Relaxed);
-        let waiting = producer.in_flight_count() > 0;
-        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = self.inner.current() else {
+            return;
+        };
+        let acknowledged = self.inner.reports.acknowledged.load(Ordering::Relaxed);
+        let waiting = current.producer.in_flight_count() > 0;
+        let mut stalled = self.inner.stalled.lock().unwrap_or_else(|e| e.into_inner());
         let since = match *stalled {
             Some((seen, since)) if waiting && seen == acknowledged => since,
             _ => {
@@ -193,55 +361,78 @@ impl KafkaPublisher {
             "Kafka answers but acknowledged nothing for {} ms",
             since.elapsed().as_millis()
         );
-        if let Err(error) = self.replace(&producer, &why) {
-            tracing::error!("{error}");
-        }
+        self.inner.replace(current.number, &why);
     }
+}
 
-    /// Swaps in a new producer for `dead`, unless another caller already replaced it. The one
-    /// place a producer is replaced. Dropping the old one purges what it still held, so its
-    /// waiting records fail (and are answered 503, or sent again by the forwarder) instead of
-    /// landing later, behind records of the new producer.
-    fn replace(&self, dead: &Arc<KafkaProducer>, why: &str) -> Result<(), String> {
-        let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&slot, dead) {
-            return Ok(());
-        }
-        let fresh = self
-            .config
-            .create_with_context::<QuietContext, KafkaProducer>(QuietContext)
-            .map_err(|error| format!("{why}; a new producer failed: {error}"))?;
-        let failed = std::mem::replace(&mut *slot, Arc::new(fresh));
-        drop(slot);
-        tracing::warn!("{why}; replaced the Kafka producer with a new one");
-        // Destroying a producer can block while librdkafka tears down its threads.
-        std::thread::spawn(move || drop(failed));
-        Ok(())
-    }
-
-    fn current(&self) -> Arc<KafkaProducer> {
-        self.producer
+impl Inner {
+    fn current(&self) -> Option<Generation> {
+        self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Replaces `producer` if it is dead: librdkafka flagged it fatal, or the broker refused
-    /// its identity (`rejected`). Returns the reason when the failure could not be repaired.
-    fn heal(
-        &self,
-        producer: &Arc<KafkaProducer>,
-        rejected: Option<RDKafkaErrorCode>,
-    ) -> Option<String> {
-        let why = match producer.client().fatal_error() {
-            Some((code, reason)) => format!("the Kafka producer failed fatally ({code}: {reason})"),
-            None => {
-                let code = rejected.filter(is_producer_identity_error)?;
-                format!("the broker no longer accepts this producer ({code})")
+    fn replace(&self, generation: u64, why: &str) {
+        let _one = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = {
+            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            match current.as_ref() {
+                Some(g) if g.number == generation => current.take(),
+                _ => None,
             }
         };
-        self.replace(producer, &why).err()
+        let Some(Generation { producer, .. }) = old else {
+            return;
+        };
+        // Purged records are reported as failed; some may still land, as duplicates that
+        // the next generation sends again after them.
+        producer.purge(PurgeConfig::default().queue().inflight());
+        let deadline = Instant::now() + RESOLVE_WAIT;
+        while producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The probe may hold it for a moment; the last holder destroys it.
+        let mut producer = producer;
+        while Instant::now() < deadline {
+            match Arc::try_unwrap(producer) {
+                Ok(sole) => {
+                    drop(sole);
+                    break;
+                }
+                Err(shared) => {
+                    producer = shared;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        match new_producer(&self.config, &self.reports) {
+            Ok(fresh) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Generation {
+                    number: generation + 1,
+                    producer: Arc::new(fresh),
+                });
+                tracing::warn!(
+                    generation = generation + 1,
+                    "{why}; replaced the Kafka producer after resolving every record it held"
+                );
+            }
+            Err(error) => {
+                let reason = format!("{why}; a new Kafka producer failed: {error}");
+                tracing::error!("{reason}");
+                *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            }
+        }
     }
+}
+
+fn new_producer(
+    config: &ClientConfig,
+    reports: &Arc<Reports>,
+) -> Result<KafkaProducer, KafkaError> {
+    config.create_with_context(BridgeContext {
+        reports: reports.clone(),
+    })
 }
 
 /// Broker answers that mean this producer's id or epoch is dead for good. librdkafka repairs
@@ -275,86 +466,64 @@ fn config_error(kafka: &KafkaSettings, error: KafkaError) -> ConfigError {
 
 impl Publisher for KafkaPublisher {
     fn publish(&self, record: Record) -> PublishFuture<'_> {
-        let producer = self.current();
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (name, value) in &record.headers {
-            headers = headers.insert(KafkaHeader {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let (size, limit) = (record.size(), self.max_record_bytes);
-        let sent = producer
-            .send_result(
-                FutureRecord::to(&record.topic)
-                    .key(&record.key)
-                    .payload(&record.value)
-                    .headers(headers),
-            )
-            .map_err(|(error, _)| match error {
-                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
-                    PublishError::QueueFull
-                }
-                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
-                    PublishError::TooLarge { size, limit }
-                }
-                error => PublishError::Failed(error.to_string()),
-            });
+        let sent = self.send(&record, None);
         let deadline = self.publish_timeout;
         Box::pin(async move {
-            let delivery = sent?;
+            let (generation, delivery) = sent.map_err(|error| match error {
+                SendError::Replaced => PublishError::Failed(error.to_string()),
+                SendError::Publish(error) => error,
+            })?;
             // librdkafka's own message timeout is scanned about once a second; this is the
             // deadline the sender was promised.
             let outcome = match deadline {
                 Some(deadline) => tokio::time::timeout(deadline, delivery).await,
                 None => Ok(delivery.await),
             };
-            match &outcome {
-                Ok(Ok(Ok(_))) => {
-                    self.acknowledged.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Ok(Err((error, _)))) => {
-                    self.heal(&producer, error.rdkafka_error_code());
-                }
-                _ => {
-                    self.heal(&producer, None);
-                }
-            }
             let timeout = || PublishError::Timeout(deadline.unwrap_or_default());
             match outcome {
                 Err(_) => Err(timeout()),
-                Ok(Err(_canceled)) => Err(PublishError::Failed(
+                Ok(Err(_closed)) => Err(PublishError::Failed(
                     "the producer closed before the broker acknowledged".to_owned(),
                 )),
-                Ok(Ok(Ok(delivery))) => Ok(Stored::Kafka {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
+                Ok(Ok(Ok(acked))) => Ok(Stored::Kafka {
+                    partition: acked.partition,
+                    offset: acked.offset,
                 }),
-                Ok(Ok(Err((
-                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
-                    _,
-                )))) => Err(timeout()),
-                Ok(Ok(Err((
-                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                    _,
-                )))) => Err(PublishError::TooLarge { size, limit }),
-                Ok(Ok(Err((error, _)))) => Err(PublishError::Failed(error.to_string())),
+                Ok(Ok(Err(refused))) => {
+                    self.heal(generation, Some(&refused));
+                    Err(match refused.verdict() {
+                        _ if refused.code == RDKafkaErrorCode::MessageTimedOut => timeout(),
+                        Verdict::Poison => PublishError::Poison(refused),
+                        Verdict::Operator | Verdict::Retry => {
+                            PublishError::Failed(refused.to_string())
+                        }
+                    })
+                }
             }
         })
     }
 
     fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        self.current()
-            .flush(timeout)
-            .map_err(|error| PublishError::Failed(error.to_string()))
+        match self.inner.current() {
+            Some(current) => current
+                .producer
+                .flush(timeout)
+                .map_err(|error| PublishError::Failed(error.to_string())),
+            None => Ok(()),
+        }
     }
 
     fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
-        let metadata = self
+        let current = self
+            .inner
             .current()
+            .ok_or_else(|| "the Kafka producer is being replaced".to_owned())?;
+        let metadata = current
+            .producer
             .client()
             .fetch_metadata(None, timeout)
             .map_err(|error| format!("Kafka is not reachable: {error}"))?;
+        drop(current);
         let missing: Vec<&str> = topics
             .iter()
             .copied()
@@ -374,12 +543,26 @@ impl Publisher for KafkaPublisher {
     }
 
     fn fatal_error(&self) -> Option<String> {
-        self.heal(&self.current(), None)
+        if let Some(generation) = self.generation() {
+            // Repairs a producer librdkafka flagged fatal while idle.
+            let current = self.inner.current();
+            if current.is_some_and(|g| g.producer.client().fatal_error().is_some()) {
+                self.inner
+                    .replace(generation, "the Kafka producer failed fatally");
+            }
+        }
+        self.inner
+            .broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn queue(&self) -> QueueDepth {
         QueueDepth {
-            waiting: usize::try_from(self.current().in_flight_count()).unwrap_or_default(),
+            waiting: self.inner.current().map_or(0, |g| {
+                usize::try_from(g.producer.in_flight_count()).unwrap_or_default()
+            }),
             limit: self.queue_limit,
         }
     }
@@ -403,9 +586,13 @@ mod tests {
         .expect("settings");
         let timeout = Duration::from_secs(5);
         let forwarder = KafkaPublisher::unbounded(&settings.kafka, timeout).expect("producer");
-        assert_eq!(forwarder.config.get("message.timeout.ms"), Some("0"));
+        assert_eq!(forwarder.inner.config.get("message.timeout.ms"), Some("0"));
+        assert_eq!(
+            forwarder.inner.config.get("enable.gapless.guarantee"),
+            Some("true")
+        );
         let ingress = KafkaPublisher::new(&settings.kafka, timeout).expect("producer");
-        assert_eq!(ingress.config.get("message.timeout.ms"), Some("5000"));
+        assert_eq!(ingress.inner.config.get("message.timeout.ms"), Some("5000"));
     }
 }
 
