@@ -64,6 +64,14 @@ struct SpoolMetrics {
     forwarded: Counter,
     commits: Counter,
     commit_seconds: Counter<f64, AtomicU64>,
+    set_aside: Family<DestinationLabels, Counter>,
+    damaged_segments: Counter,
+    forward_failures: Family<CodeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    to: &'static str,
 }
 
 /// Seconds; from well under a millisecond to the longest default publish deadline.
@@ -111,6 +119,21 @@ impl Metrics {
                 "spool_commit_seconds",
                 "Time spent in group commits; divided by spool_commits, the fsync latency",
                 metrics.commit_seconds.clone(),
+            );
+            registry.register(
+                "spool_set_aside_records",
+                "Spooled records Kafka refused for good, set aside: to the dead-letter topic, or to the quarantine when that topic refused them too",
+                metrics.set_aside.clone(),
+            );
+            registry.register(
+                "spool_damaged_segments",
+                "Damaged spool segments moved to the quarantine at start (BRIDGE_SPOOL_ON_DAMAGE=set-aside)",
+                metrics.damaged_segments.clone(),
+            );
+            registry.register(
+                "spool_forward_failures",
+                "Times forwarding was held up, by the Kafka error that held it up",
+                metrics.forward_failures.clone(),
             );
             metrics
         });
@@ -215,6 +238,25 @@ impl Metrics {
         let seconds = status.commit_time.as_secs_f64() - spool.commit_seconds.get();
         if seconds > 0.0 {
             spool.commit_seconds.inc_by(seconds);
+        }
+        for (to, count) in [
+            ("deadletter", status.set_aside_to_deadletter),
+            ("quarantine", status.set_aside_to_quarantine),
+        ] {
+            let counter = spool.set_aside.get_or_create(&DestinationLabels { to });
+            counter.inc_by(count.saturating_sub(counter.get()));
+        }
+        spool.damaged_segments.inc_by(
+            status
+                .damaged_segments
+                .saturating_sub(spool.damaged_segments.get()),
+        );
+        // Codes come from librdkafka's finite list of errors.
+        for (code, count) in &status.forward_failures {
+            let counter = spool
+                .forward_failures
+                .get_or_create(&CodeLabels { code: code.clone() });
+            counter.inc_by(count.saturating_sub(counter.get()));
         }
     }
 
@@ -401,6 +443,12 @@ impl Health {
                 "oldestRecordAgeSeconds": spool.oldest_age.as_secs_f64(),
                 "forwarded": spool.forwarded,
                 "forwardError": spool.forward_error,
+                "setAside": {
+                    "toDeadLetterTopic": spool.set_aside_to_deadletter,
+                    "toQuarantine": spool.set_aside_to_quarantine,
+                    "last": spool.last_set_aside,
+                },
+                "damagedSegments": spool.damaged_segments,
             },
         }))
     }

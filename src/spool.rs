@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::SpoolSettings;
+use crate::publish::kafka::KafkaPublisher;
 use crate::publish::{PublishError, PublishFuture, Publisher, QueueDepth, Record, Stored};
 use log::{AppendError, LogError, Position, SegmentWriter};
 
@@ -52,6 +53,16 @@ pub struct SpoolStatus {
     pub has_room: bool,
     /// Why forwarding is held up, when Kafka refused a record.
     pub forward_error: Option<String>,
+    /// Forwarding failures since start, by Kafka error code (a bounded set).
+    pub forward_failures: Vec<(String, u64)>,
+    /// Records Kafka refused for good, set aside since start: to the dead-letter topic, and to
+    /// the quarantine when that topic refused them too.
+    pub set_aside_to_deadletter: u64,
+    pub set_aside_to_quarantine: u64,
+    /// The last record set aside, and why.
+    pub last_set_aside: Option<String>,
+    /// Damaged segments recovery moved to the quarantine at start.
+    pub damaged_segments: u64,
     /// Group commits (one write and fdatasync each) since start, and the time they took.
     pub commits: u64,
     pub commit_time: Duration,
@@ -78,7 +89,14 @@ struct Shared {
     /// Set when a write or fsync failed: the log's state on disk is unknown until a restart
     /// recovers it, so nothing more is accepted.
     failed: Mutex<Option<String>>,
+    /// Set when the forwarder met damage it must not skip: only a restart's recovery (which
+    /// refuses or sets the segment aside) goes on from there.
+    forwarding_failed: Mutex<Option<String>>,
     forward_error: Mutex<Option<String>>,
+    forward_failures: Mutex<Vec<(String, u64)>>,
+    set_aside_to_deadletter: AtomicU64,
+    set_aside_to_quarantine: AtomicU64,
+    last_set_aside: Mutex<Option<String>>,
     /// The end of what is durable; the forwarder follows it.
     committed: watch::Sender<Position>,
     /// The position after the last record Kafka acknowledged.
@@ -98,6 +116,38 @@ impl Shared {
             "Spool write failed; no more events are accepted until a restart: {reason}"
         );
         *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    fn fail_forwarding(&self, reason: String) {
+        let mut failed = lock(&self.forwarding_failed);
+        if failed.is_none() {
+            tracing::error!(
+                "Spool forwarding stopped; liveness fails so a restart recovers: {reason}"
+            );
+            *failed = Some(reason);
+        }
+    }
+
+    fn set_forward_error(&self, reason: Option<String>) {
+        *lock(&self.forward_error) = reason;
+    }
+
+    fn count_forward_failure(&self, refused: &crate::publish::refusal::Refused) {
+        let code = refused.code_name();
+        let mut failures = lock(&self.forward_failures);
+        match failures.iter_mut().find(|(known, _)| *known == code) {
+            Some((_, count)) => *count += 1,
+            None => failures.push((code, 1)),
+        }
+    }
+
+    fn count_set_aside(&self, to: forward::SetAsideTo, reason: String) {
+        let counter = match to {
+            forward::SetAsideTo::DeadLetterTopic => &self.set_aside_to_deadletter,
+            forward::SetAsideTo::Quarantine => &self.set_aside_to_quarantine,
+        };
+        counter.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.last_set_aside) = Some(reason);
     }
 
     /// Reserves room for `bytes`, or says the spool is full.
@@ -128,7 +178,7 @@ pub struct Spool {
     appends: RwLock<Option<mpsc::Sender<Append>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     forwarder: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
-    kafka: Arc<dyn Publisher>,
+    kafka: Arc<KafkaPublisher>,
     max_record_bytes: usize,
 }
 
@@ -140,6 +190,10 @@ impl std::fmt::Debug for Spool {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -149,13 +203,16 @@ fn now_ms() -> u64 {
 impl Spool {
     /// Recovers the spool in `settings.dir` and starts its writer and forwarder. Records left
     /// by an earlier run are forwarded before any new one. `kafka` is the forwarder's
-    /// publisher: it must retry each record until the broker takes it.
+    /// producer ([`KafkaPublisher::unbounded`]); records it refuses for good go to
+    /// `deadletter`.
     pub fn open(
         settings: &SpoolSettings,
         largest_event: usize,
-        kafka: Arc<dyn Publisher>,
-        max_record_bytes: usize,
+        kafka: KafkaPublisher,
+        deadletter: Arc<str>,
     ) -> Result<Self, LogError> {
+        let max_record_bytes = kafka.max_record_bytes();
+        let kafka = Arc::new(kafka);
         let dir = settings.dir.clone();
         let recovered = log::recover(&dir, settings.on_damage)?;
         if recovered.records > 0 {
@@ -185,7 +242,12 @@ impl Spool {
             commit_micros: AtomicU64::new(0),
             oldest_ms: AtomicU64::new(0),
             failed: Mutex::new(None),
+            forwarding_failed: Mutex::new(None),
             forward_error: Mutex::new(None),
+            forward_failures: Mutex::new(Vec::new()),
+            set_aside_to_deadletter: AtomicU64::new(0),
+            set_aside_to_quarantine: AtomicU64::new(0),
+            last_set_aside: Mutex::new(None),
             committed,
             acknowledged,
         });
@@ -202,8 +264,14 @@ impl Spool {
             })?;
 
         let (stop, stopped) = oneshot::channel();
-        let forwarder =
-            forward::Forwarder::new(&dir, recovered.start, shared.clone(), kafka.clone());
+        let forwarder = forward::Forwarder::new(
+            &dir,
+            recovered.start,
+            shared.clone(),
+            kafka.clone(),
+            deadletter,
+            max_record_bytes,
+        );
         let forwarder = std::thread::Builder::new()
             .name("spool-forwarder".into())
             .spawn(move || {
@@ -275,11 +343,12 @@ impl Spool {
             forwarded: shared.forwarded.load(Ordering::Acquire),
             has_room: !shared.disk_full.load(Ordering::Acquire)
                 && used + shared.largest_event <= shared.limit,
-            forward_error: shared
-                .forward_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            forward_error: lock(&shared.forward_error).clone(),
+            forward_failures: lock(&shared.forward_failures).clone(),
+            set_aside_to_deadletter: shared.set_aside_to_deadletter.load(Ordering::Acquire),
+            set_aside_to_quarantine: shared.set_aside_to_quarantine.load(Ordering::Acquire),
+            last_set_aside: lock(&shared.last_set_aside).clone(),
+            damaged_segments: shared.set_aside_segments.load(Ordering::Acquire),
             commits: shared.commits.load(Ordering::Acquire),
             commit_time: Duration::from_micros(shared.commit_micros.load(Ordering::Acquire)),
         }
@@ -461,6 +530,7 @@ impl Publisher for Spool {
         self.shared
             .failure()
             .map(|reason| format!("the spool cannot write: {reason}"))
+            .or_else(|| lock(&self.shared.forwarding_failed).clone())
             .or_else(|| writer_ended.then(|| "the spool writer stopped".to_owned()))
             .or_else(|| forwarder_ended.then(|| "the spool forwarder stopped".to_owned()))
             .or_else(|| self.kafka.fatal_error())

@@ -270,15 +270,12 @@ pub fn publisher(
 ) -> Result<Arc<dyn Publisher>, StartupError> {
     Ok(match &settings.ack_mode {
         AckMode::Kafka => Arc::new(kafka),
-        AckMode::Spool(spool) => {
-            let max_record_bytes = kafka.max_record_bytes();
-            Arc::new(Spool::open(
-                spool,
-                settings.max_body_bytes + LARGEST_EVENT_OVERHEAD,
-                Arc::new(kafka),
-                max_record_bytes,
-            )?)
-        }
+        AckMode::Spool(spool) => Arc::new(Spool::open(
+            spool,
+            settings.max_body_bytes + LARGEST_EVENT_OVERHEAD,
+            kafka,
+            settings.topics.deadletter.clone(),
+        )?),
     })
 }
 

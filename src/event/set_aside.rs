@@ -129,7 +129,14 @@ mod tests {
     const BODY: &str = r#"{"objectId":"o1","resource":"Order","event":"CREATE","timestamp":1681825655283,"note":",\"raw\":"}"#;
 
     fn event(signed_id: Option<&str>) -> Record {
-        let normalizer = Normalizer::new(Topics::default(), Arc::from("omnichat"));
+        let topics = Topics {
+            messages: "m".into(),
+            interactions: "i".into(),
+            orders: "o".into(),
+            other: "x".into(),
+            deadletter: "d".into(),
+        };
+        let normalizer = Normalizer::new(topics, Arc::from("omnichat"));
         let webhook = Webhook::parse(BODY.as_bytes()).expect("webhook");
         normalizer.event(
             &webhook,

@@ -1,10 +1,17 @@
 //! The forwarder: carries the spool to Kafka in log order, on a thread of its own.
 //!
-//! Up to a window of records is handed to the producer at once, in log order, and progress
-//! moves only as the oldest of them is acknowledged. If Kafka refuses one, everything from it
-//! on is sent again after a pause: the producer keeps a partition's records in the order they
-//! were handed over, so a chat's records reach its partition in log order, possibly more than
-//! once, never out of order.
+//! Up to a window of records is handed to one producer generation at once, in log order, and
+//! progress moves only as the oldest of them is acknowledged. The producer is gapless
+//! (`enable.gapless.guarantee`): a partition's records land in the order they were handed over
+//! or the producer fails as a whole. On any failure the generation is replaced (every record it
+//! held resolved, the producer destroyed) and sending starts again from the oldest
+//! unacknowledged record, so at most one window is sent twice and a chat's first occurrences
+//! always follow log order.
+//!
+//! A record Kafka refuses for good is sent once more on its own (a refusal may concern the
+//! whole batch it travelled in); refused again, it is set aside (see [`set_aside`]) and
+//! forwarding goes on behind it. Errors an operator must fix keep it at the head, retried with
+//! backoff.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -16,54 +23,102 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::Shared;
-use super::log::{self, Position, SegmentReader};
-use crate::publish::{PublishFuture, Publisher};
+use super::log::{self, Entry, Position, SegmentReader};
+use crate::publish::PublishError;
+use crate::publish::Record;
+use crate::publish::kafka::{Delivery, KafkaPublisher, Outcome, SendError};
+use crate::publish::refusal::{Refused, Verdict};
+use rdkafka::error::RDKafkaErrorCode;
+
+mod set_aside;
+
+use set_aside::NotSetAside;
+pub(crate) use set_aside::SetAsideTo;
 
 /// Records handed to the producer and not yet acknowledged, at most.
 const WINDOW_RECORDS: usize = 4096;
 const WINDOW_BYTES: usize = 32 << 20;
 /// How often progress is made durable and fully forwarded segments are deleted: a crash sends
-/// again what was acknowledged since (plus the window in flight). A checkpoint costs one small
-/// fsync.
+/// again what was acknowledged since (plus the window in flight). A checkpoint costs no fsync.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-pub(super) struct Forwarder {
+/// What the forwarder needs of Kafka: generations of a producer. [`KafkaPublisher`] is the one
+/// implementation; the model-based test drives a scripted one.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// The generation records go to now; `None` while one is being replaced.
+    fn generation(&self) -> Option<u64>;
+    /// Hands `record` to generation `generation`'s producer, in order.
+    fn send(&self, record: &Record, generation: u64) -> Result<Delivery, SendError>;
+    /// Resolves every record of `generation`, destroys its producer and starts the next one;
+    /// nothing if that generation is already gone. Blocks.
+    fn replace(&self, generation: u64, why: &str);
+}
+
+impl Sink for KafkaPublisher {
+    fn generation(&self) -> Option<u64> {
+        KafkaPublisher::generation(self)
+    }
+
+    fn send(&self, record: &Record, generation: u64) -> Result<Delivery, SendError> {
+        KafkaPublisher::send(self, record, Some(generation)).map(|(_, delivery)| delivery)
+    }
+
+    fn replace(&self, generation: u64, why: &str) {
+        KafkaPublisher::replace(self, generation, why);
+    }
+}
+
+pub(super) struct Forwarder<S: Sink> {
     dir: PathBuf,
     start: Position,
     shared: Arc<Shared>,
-    kafka: Arc<dyn Publisher>,
+    sink: Arc<S>,
+    deadletter: Arc<str>,
+    max_record_bytes: usize,
+    quarantine: std::sync::Mutex<Option<log::SegmentWriter>>,
 }
 
+/// What woke the forwarder.
 enum Event {
     Stop,
-    /// Reading the spool failed; nothing to wait for.
-    Failed,
-    Delivered(Result<crate::publish::Stored, crate::publish::PublishError>),
+    Delivered(Outcome),
     Committed,
-    Checkpoint,
+    Tick,
 }
 
-struct Pending<'a> {
+struct Pending {
     after: Position,
     accepted_ms: u64,
     bytes: usize,
-    delivery: PublishFuture<'a>,
+    delivery: Delivery,
 }
 
-impl Forwarder {
+/// Why forwarding stopped making progress, and how to go on.
+struct Failure {
+    reason: String,
+    /// The Kafka error, when Kafka gave one.
+    refused: Option<Refused>,
+}
+
+impl<S: Sink> Forwarder<S> {
     pub(super) fn new(
         dir: &Path,
         start: Position,
         shared: Arc<Shared>,
-        kafka: Arc<dyn Publisher>,
+        sink: Arc<S>,
+        deadletter: Arc<str>,
+        max_record_bytes: usize,
     ) -> Self {
         Self {
             dir: dir.to_owned(),
             start,
             shared,
-            kafka,
+            sink,
+            deadletter,
+            max_record_bytes,
+            quarantine: std::sync::Mutex::new(None),
         }
     }
 
@@ -80,48 +135,98 @@ impl Forwarder {
         }
     }
 
-    async fn run(self, mut stop: oneshot::Receiver<()>) {
-        let kafka = self.kafka.clone();
-        let kafka: &dyn Publisher = &*kafka;
+    pub(super) async fn run(self, mut stop: oneshot::Receiver<()>) {
         let shared = &self.shared;
         let mut reader = SegmentReader::new(&self.dir, self.start);
         let mut committed = shared.committed.subscribe();
         let mut writer_open = true;
-        let mut outstanding: VecDeque<Pending<'_>> = VecDeque::new();
-        let mut outstanding_bytes = 0;
+        let mut window = Window::default();
         let mut acknowledged = self.start;
         let mut checkpointed = self.start;
         let mut backoff = FIRST_BACKOFF;
+        // After a refusal for good: records up to here go one at a time, so that the one
+        // Kafka refuses is known.
+        let mut careful_until: Option<Position> = None;
+        // The head record was refused for good on its own: set it aside, do not send it.
+        let mut poison_head: Option<Refused> = None;
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        loop {
+        'forwarding: loop {
             let end = *committed.borrow_and_update();
-            let mut read_error = None;
-            while outstanding.len() < WINDOW_RECORDS && outstanding_bytes < WINDOW_BYTES {
-                match reader.next(end) {
-                    Ok(Some((entry, after))) => {
-                        let bytes = entry.record.size();
-                        outstanding_bytes += bytes;
-                        outstanding.push_back(Pending {
-                            after,
-                            accepted_ms: entry.accepted_ms,
-                            bytes,
-                            delivery: kafka.publish(entry.record),
-                        });
-                    }
+            if careful_until.is_some_and(|until| acknowledged >= until) {
+                careful_until = None;
+            }
+            if window.pending.is_empty() {
+                window.generation = self.sink.generation();
+            }
+            let mut failure = None;
+            while let Some(generation) = window.generation {
+                let room = match careful_until {
+                    Some(_) => window.pending.is_empty(),
+                    None => window.pending.len() < WINDOW_RECORDS && window.bytes < WINDOW_BYTES,
+                };
+                if !room {
+                    break;
+                }
+                let before = reader.position();
+                let (entry, after) = match reader.next(end) {
+                    Ok(Some(next)) => next,
                     Ok(None) => break,
                     Err(error) => {
-                        read_error = Some(error);
+                        // Never skipped: a restart's recovery refuses or sets the segment aside.
+                        let reason = format!("the spool cannot be read: {error}");
+                        shared.fail_forwarding(reason.clone());
+                        failure = Some(Failure {
+                            reason,
+                            refused: None,
+                        });
+                        break;
+                    }
+                };
+                if let Some(refused) = poison_head.take() {
+                    match self.set_aside(entry, &refused, generation, &mut stop).await {
+                        Ok(()) => {
+                            acknowledged = after;
+                            shared.records.fetch_sub(1, Ordering::AcqRel);
+                            shared.acknowledged.send_replace(acknowledged);
+                            continue;
+                        }
+                        Err(NotSetAside::Stopping) => break 'forwarding,
+                        Err(NotSetAside::Failed(reason)) => {
+                            poison_head = Some(refused);
+                            reader.seek(before);
+                            failure = Some(Failure {
+                                reason,
+                                refused: None,
+                            });
+                            break;
+                        }
+                    }
+                }
+                let bytes = entry.record.size();
+                match self.sink.send(&entry.record, generation) {
+                    Ok(delivery) => window.push(Pending {
+                        after,
+                        accepted_ms: entry.accepted_ms,
+                        bytes,
+                        delivery,
+                    }),
+                    Err(error) => {
+                        reader.seek(before);
+                        if window.pending.is_empty() {
+                            failure = Some(send_failure(error, &mut poison_head));
+                        }
+                        // Else the window resolves first, and the failure shows there.
                         break;
                     }
                 }
             }
-            match outstanding.front() {
+            match window.pending.front() {
                 Some(oldest) => shared
                     .oldest_ms
                     .store(oldest.accepted_ms, Ordering::Release),
-                None if read_error.is_none() => {
+                None if failure.is_none() => {
                     // Everything read was acknowledged; the reader may have passed empty
                     // segments, which counts as progress too.
                     shared.oldest_ms.store(0, Ordering::Release);
@@ -132,92 +237,85 @@ impl Forwarder {
                 }
                 None => {}
             }
-            let mut failure = read_error.map(|error| format!("the spool cannot be read: {error}"));
 
-            let event = if failure.is_some() {
-                Event::Failed
-            } else {
-                tokio::select! {
-                biased;
-                _ = &mut stop => Event::Stop,
-                outcome = async {
-                    match outstanding.front_mut() {
-                        Some(pending) => pending.delivery.as_mut().await,
-                        None => std::future::pending().await,
+            if failure.is_none() {
+                let event = tokio::select! {
+                    biased;
+                    _ = &mut stop => Event::Stop,
+                    outcome = async {
+                        match window.pending.front_mut() {
+                            Some(pending) => (&mut pending.delivery).await,
+                            None => std::future::pending().await,
+                        }
+                    }, if !window.pending.is_empty() => Event::Delivered(outcome.unwrap_or_else(|_| {
+                        Err(Refused::new(RDKafkaErrorCode::Fail, "the producer closed before reporting"))
+                    })),
+                    changed = committed.changed(), if writer_open => {
+                        // The writer is gone on shutdown; nothing more will be committed.
+                        writer_open = changed.is_ok();
+                        Event::Committed
                     }
-                }, if !outstanding.is_empty() => Event::Delivered(outcome),
-                changed = committed.changed(), if writer_open => {
-                    // The writer is gone on shutdown; nothing more will be committed.
-                    writer_open = changed.is_ok();
-                    Event::Committed
-                }
-                _ = tick.tick() => Event::Checkpoint,
-                }
-            };
-            match event {
-                Event::Stop => break,
-                Event::Committed | Event::Failed => {}
-                Event::Checkpoint => self.checkpoint(acknowledged, &mut checkpointed),
-                Event::Delivered(mut outcome) => {
-                    // Acknowledgements come in bursts: take every one already there at the
-                    // front of the window, not one per wake-up.
-                    let mut done = 0;
-                    let mut refused = None;
-                    loop {
-                        match outcome {
-                            Ok(_) => {
-                                if let Some(pending) = outstanding.pop_front() {
-                                    outstanding_bytes -= pending.bytes;
-                                    acknowledged = pending.after;
+                    _ = tick.tick() => Event::Tick,
+                };
+                match event {
+                    Event::Stop => break,
+                    Event::Committed => {}
+                    Event::Tick => self.checkpoint(acknowledged, &mut checkpointed),
+                    Event::Delivered(outcome) => {
+                        let (done, refused) = window.take_acknowledged(outcome, &mut acknowledged);
+                        if done > 0 {
+                            // Counted as forwarded before no longer waiting, so whoever sees
+                            // the spool empty also sees every record forwarded.
+                            shared.forwarded.fetch_add(done, Ordering::AcqRel);
+                            shared.records.fetch_sub(done, Ordering::AcqRel);
+                            shared.acknowledged.send_replace(acknowledged);
+                            if backoff != FIRST_BACKOFF {
+                                backoff = FIRST_BACKOFF;
+                                shared.set_forward_error(None);
+                                tracing::info!("Kafka takes spooled records again");
+                            }
+                        }
+                        if let Some(refused) = refused {
+                            if refused.verdict() == Verdict::Poison {
+                                if careful_until.is_some() && window.pending.len() == 1 {
+                                    // Refused on its own: the record itself is the cause.
+                                    poison_head = Some(refused.clone());
+                                } else {
+                                    careful_until = Some(window.end().max(acknowledged));
                                 }
-                                done += 1;
                             }
-                            Err(error) => {
-                                refused = Some(error);
-                                break;
-                            }
+                            failure = Some(Failure {
+                                reason: format!("Kafka refused a spooled record: {refused}"),
+                                refused: Some(refused),
+                            });
                         }
-                        let mut context = Context::from_waker(Waker::noop());
-                        match outstanding
-                            .front_mut()
-                            .map(|pending| pending.delivery.as_mut().poll(&mut context))
-                        {
-                            Some(Poll::Ready(next)) => outcome = next,
-                            _ => break,
-                        }
-                    }
-                    if done > 0 {
-                        // Counted as forwarded before no longer waiting, so whoever sees the
-                        // spool empty also sees every record forwarded.
-                        shared.forwarded.fetch_add(done, Ordering::AcqRel);
-                        shared.records.fetch_sub(done, Ordering::AcqRel);
-                        shared.acknowledged.send_replace(acknowledged);
-                        if backoff != FIRST_BACKOFF {
-                            backoff = FIRST_BACKOFF;
-                            *shared
-                                .forward_error
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner()) = None;
-                            tracing::info!("Kafka takes spooled records again");
-                        }
-                    }
-                    if let Some(error) = refused {
-                        failure = Some(format!("Kafka refused a spooled record: {error}"));
                     }
                 }
             }
-            if let Some(reason) = failure {
-                // Send again from the oldest unacknowledged record. Whatever the producer still
-                // holds was handed over earlier, so it stays ahead of what is sent again.
-                outstanding.clear();
-                outstanding_bytes = 0;
+            if let Some(failure) = failure {
+                // Every record of this generation is resolved and its producer destroyed
+                // before anything goes to the next: then from the oldest unacknowledged
+                // record again. The records the old producer held were handed over before.
+                if let Some(generation) = window.generation {
+                    self.sink.replace(generation, &failure.reason);
+                }
+                window.clear();
                 reader.seek(acknowledged);
-                if !self.hold_up(reason, &mut backoff, &mut stop).await {
+                if let Some(refused) = &failure.refused {
+                    shared.count_forward_failure(refused);
+                }
+                let retry_now = poison_head.is_some()
+                    || (careful_until.is_some()
+                        && failure.refused.as_ref().map(Refused::verdict) == Some(Verdict::Poison));
+                if retry_now {
+                    continue;
+                }
+                if !self.hold_up(failure.reason, &mut backoff, &mut stop).await {
                     break;
                 }
             }
         }
-        drop(outstanding);
+        window.clear();
         self.checkpoint(acknowledged, &mut checkpointed);
     }
 
@@ -233,11 +331,7 @@ impl Forwarder {
             retry_in_ms = backoff.as_millis() as u64,
             "Spool forwarding held up, sending again from the oldest unacknowledged record: {reason}"
         );
-        *self
-            .shared
-            .forward_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.shared.set_forward_error(Some(reason));
         let waited = tokio::select! {
             _ = stop => false,
             () = tokio::time::sleep(*backoff) => true,
@@ -246,14 +340,15 @@ impl Forwarder {
         waited
     }
 
-    /// Makes `acknowledged` durable, then deletes the segments wholly before it.
+    /// Makes `acknowledged` durable, then deletes the segments wholly before it. Those were
+    /// all acknowledged, so they go even when the checkpoint cannot be written (a full
+    /// volume): a stale checkpoint only sends records again.
     fn checkpoint(&self, acknowledged: Position, checkpointed: &mut Position) {
         if acknowledged == *checkpointed {
             return;
         }
         if let Err(error) = log::write_checkpoint(&self.dir, acknowledged) {
             tracing::warn!("Spool checkpoint not written (records may be sent again): {error}");
-            return;
         }
         for segment in checkpointed.segment..acknowledged.segment {
             let path = log::segment_path(&self.dir, segment);
@@ -261,7 +356,10 @@ impl Forwarder {
                 continue;
             };
             match std::fs::remove_file(&path) {
-                Ok(()) => self.shared.release(metadata.len()),
+                Ok(()) => {
+                    self.shared.release(metadata.len());
+                    self.shared.disk_full.store(false, Ordering::Release);
+                }
                 Err(error) => tracing::warn!(
                     segment = %path.display(),
                     "Forwarded spool segment not deleted: {error}"
@@ -271,3 +369,95 @@ impl Forwarder {
         *checkpointed = acknowledged;
     }
 }
+
+/// A failure to hand a record over, with nothing of the window outstanding.
+fn send_failure(error: SendError, poison_head: &mut Option<Refused>) -> Failure {
+    let reason = format!("the spool forwarder could not hand a record over: {error}");
+    match error {
+        SendError::Publish(PublishError::TooLarge { .. }) => {
+            // The door keeps such records out; one written by an older version is set aside.
+            let refused = Refused::new(RDKafkaErrorCode::MessageSizeTooLarge, reason.clone());
+            *poison_head = Some(refused.clone());
+            Failure {
+                reason,
+                refused: Some(refused),
+            }
+        }
+        _ => Failure {
+            reason,
+            refused: None,
+        },
+    }
+}
+
+/// The records handed to one producer generation and not yet acknowledged, oldest first.
+#[derive(Default)]
+struct Window {
+    generation: Option<u64>,
+    pending: VecDeque<Pending>,
+    bytes: usize,
+}
+
+impl Window {
+    fn push(&mut self, pending: Pending) {
+        self.bytes += pending.bytes;
+        self.pending.push_back(pending);
+    }
+
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.bytes = 0;
+    }
+
+    /// The position after the newest record handed over.
+    fn end(&self) -> Position {
+        self.pending.back().map(|p| p.after).unwrap_or_default()
+    }
+
+    /// Takes the front's `outcome` and every acknowledgement already there behind it
+    /// (acknowledgements come in bursts); returns how many were acknowledged and the refusal
+    /// that stopped it, if one did.
+    fn take_acknowledged(
+        &mut self,
+        mut outcome: Outcome,
+        acknowledged: &mut Position,
+    ) -> (u64, Option<Refused>) {
+        let mut done = 0;
+        loop {
+            match outcome {
+                Ok(_) => {
+                    if let Some(pending) = self.pending.pop_front() {
+                        self.bytes -= pending.bytes;
+                        *acknowledged = pending.after;
+                    }
+                    done += 1;
+                }
+                Err(refused) => return (done, Some(refused)),
+            }
+            let mut context = Context::from_waker(Waker::noop());
+            match self
+                .pending
+                .front_mut()
+                .map(|pending| std::pin::Pin::new(&mut pending.delivery).poll(&mut context))
+            {
+                Some(Poll::Ready(Ok(next))) => outcome = next,
+                Some(Poll::Ready(Err(_))) => {
+                    outcome = Err(Refused::new(
+                        RDKafkaErrorCode::Fail,
+                        "the producer closed before reporting",
+                    ));
+                }
+                _ => return (done, None),
+            }
+        }
+    }
+}
+
+/// The accept time of a spooled record as a time.
+fn accepted_at(entry: &Entry) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(entry.accepted_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Setting aside a record Kafka refuses for good: to the dead-letter topic in the dead-letter
+//! format when that topic takes it, else to the quarantine under `BRIDGE_SPOOL_DIR`.
+//!
+//! The quarantine (`quarantine/` in the spool directory) holds segment files in the spool's
+//! own format (see [`log`](super::log)): each record is the dead letter that the topic
+//! refused, its value the webhook body exactly as received. Damaged segments recovery set
+//! aside sit beside them as `damaged-at-<offset>-<segment>.seg`.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{Forwarder, Sink, accepted_at};
+use crate::event::set_aside::set_aside;
+use crate::publish::Record;
+use crate::publish::refusal::{Refused, Verdict};
+use crate::spool::log::{self, Entry, SegmentWriter};
+
+/// How long a dead letter may take to be acknowledged before the attempt counts as failed.
+const DEAD_LETTER_WAIT: Duration = Duration::from_secs(30);
+
+/// Where a refused record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetAsideTo {
+    DeadLetterTopic,
+    Quarantine,
+}
+
+/// Why a record could not be set aside yet; it stays at the head.
+pub(super) enum NotSetAside {
+    Stopping,
+    Failed(String),
+}
+
+impl<S: Sink> Forwarder<S> {
+    /// Moves `entry`, which Kafka refused as `refused`, out of the way. Counted, logged once
+    /// and named in readiness.
+    pub(super) async fn set_aside(
+        &self,
+        entry: Entry,
+        refused: &Refused,
+        generation: u64,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> Result<(), NotSetAside> {
+        let letter = set_aside(
+            &entry.record,
+            &self.deadletter,
+            refused,
+            accepted_at(&entry),
+        );
+        let id = letter.header("ce_id").unwrap_or_default().to_owned();
+        let to_topic = if letter.size() > self.max_record_bytes {
+            Some(Refused::new(
+                rdkafka::error::RDKafkaErrorCode::MessageSizeTooLarge,
+                "larger than message.max.bytes",
+            ))
+        } else {
+            self.send_alone(&letter, generation, stop).await?
+        };
+        let to = match to_topic {
+            None => SetAsideTo::DeadLetterTopic,
+            Some(why) if why.verdict() == Verdict::Poison => {
+                // The gapless producer failed as a whole on that refusal.
+                self.sink
+                    .replace(generation, "the dead-letter topic refused a record");
+                self.quarantine(&letter, entry.accepted_ms)
+                    .map_err(NotSetAside::Failed)?;
+                SetAsideTo::Quarantine
+            }
+            Some(why) => {
+                return Err(NotSetAside::Failed(format!(
+                    "a record Kafka refused for good could not be dead-lettered: {why}"
+                )));
+            }
+        };
+        let reason = format!(
+            "event {id} from {} refused by Kafka for good ({}): {refused}",
+            entry.record.topic,
+            refused.code_name()
+        );
+        tracing::error!(event_id = %id, to = ?to, "Spooled record set aside: {reason}");
+        self.shared.count_set_aside(to, reason);
+        Ok(())
+    }
+
+    /// Sends `letter` on its own and waits for Kafka's answer: `None` when it was taken.
+    async fn send_alone(
+        &self,
+        letter: &Record,
+        generation: u64,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> Result<Option<Refused>, NotSetAside> {
+        let delivery = self
+            .sink
+            .send(letter, generation)
+            .map_err(|error| NotSetAside::Failed(error.to_string()))?;
+        tokio::select! {
+            biased;
+            _ = stop => Err(NotSetAside::Stopping),
+            outcome = tokio::time::timeout(DEAD_LETTER_WAIT, delivery) => match outcome {
+                Ok(Ok(Ok(_))) => Ok(None),
+                Ok(Ok(Err(refused))) => Ok(Some(refused)),
+                Ok(Err(_)) => Err(NotSetAside::Failed("the producer closed".to_owned())),
+                Err(_) => Err(NotSetAside::Failed(format!(
+                    "the dead-letter topic did not acknowledge within {DEAD_LETTER_WAIT:?}"
+                ))),
+            },
+        }
+    }
+
+    /// Appends `letter` to the quarantine, durably.
+    fn quarantine(&self, letter: &Record, accepted_ms: u64) -> Result<(), String> {
+        let dir = self.dir.join(log::QUARANTINE);
+        let mut writer = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+        if writer.is_none() {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            *writer = Some(SegmentWriter::new(
+                &dir,
+                next_quarantine_segment(&dir),
+                u64::MAX,
+            ));
+        }
+        let Some(writer) = writer.as_mut() else {
+            return Err("no quarantine writer".to_owned());
+        };
+        writer
+            .append(&log::encode(letter, accepted_ms))
+            .map(drop)
+            .map_err(|error| {
+                format!(
+                    "the quarantine at {} cannot be written: {error}",
+                    dir.display()
+                )
+            })
+    }
+}
+
+/// One past the newest quarantine segment, so a restart never appends to an old one.
+fn next_quarantine_segment(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |newest| newest + 1)
+}
