@@ -104,6 +104,31 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state after recovery found `recovered`; the writer's log ends at `end`.
+    fn new(limit: u64, largest_event: u64, recovered: &log::Recovered, end: Position) -> Self {
+        Self {
+            limit,
+            largest_event,
+            used: AtomicU64::new(recovered.bytes),
+            disk_full: AtomicBool::new(false),
+            set_aside_segments: AtomicU64::new(recovered.set_aside_segments),
+            records: AtomicU64::new(recovered.records),
+            forwarded: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            oldest_ms: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            forwarding_failed: Mutex::new(None),
+            forward_error: Mutex::new(None),
+            forward_failures: Mutex::new(Vec::new()),
+            set_aside_to_deadletter: AtomicU64::new(0),
+            set_aside_to_quarantine: AtomicU64::new(0),
+            last_set_aside: Mutex::new(None),
+            committed: watch::channel(end).0,
+            acknowledged: watch::channel(recovered.start).0,
+        }
+    }
+
     fn failure(&self) -> Option<String> {
         self.failed
             .lock()
@@ -224,33 +249,16 @@ impl Spool {
             );
         }
         let segment_bytes = (settings.max_bytes / 16).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
-        let next = recovered.next_segment.max(recovered.start.segment + 1);
+        let next = recovered.next_segment;
         // Nothing is written until the first record: a full volume must still start, so that
         // forwarding frees it.
         let writer = SegmentWriter::new(&dir, next, segment_bytes);
-        let (committed, _) = watch::channel(writer.end());
-        let (acknowledged, _) = watch::channel(recovered.start);
-        let shared = Arc::new(Shared {
-            limit: settings.max_bytes,
-            largest_event: largest_event as u64,
-            used: AtomicU64::new(recovered.bytes),
-            disk_full: AtomicBool::new(false),
-            set_aside_segments: AtomicU64::new(recovered.set_aside_segments),
-            records: AtomicU64::new(recovered.records),
-            forwarded: AtomicU64::new(0),
-            commits: AtomicU64::new(0),
-            commit_micros: AtomicU64::new(0),
-            oldest_ms: AtomicU64::new(0),
-            failed: Mutex::new(None),
-            forwarding_failed: Mutex::new(None),
-            forward_error: Mutex::new(None),
-            forward_failures: Mutex::new(Vec::new()),
-            set_aside_to_deadletter: AtomicU64::new(0),
-            set_aside_to_quarantine: AtomicU64::new(0),
-            last_set_aside: Mutex::new(None),
-            committed,
-            acknowledged,
-        });
+        let shared = Arc::new(Shared::new(
+            settings.max_bytes,
+            largest_event as u64,
+            &recovered,
+            writer.end(),
+        ));
 
         let (appends, queue) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -452,6 +460,8 @@ fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared:
                 }
             }
             Err(AppendError::NoSpace(error)) => {
+                // The writer sealed its segment: the forwarder may pass its end and delete it.
+                shared.committed.send_replace(writer.end());
                 // Nothing of the batch was kept; the senders retry once forwarding has freed
                 // space, and readiness says the spool is full meanwhile.
                 if !shared.disk_full.swap(true, Ordering::AcqRel) {

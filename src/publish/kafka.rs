@@ -83,9 +83,21 @@ pub struct Acked {
 pub type Delivery = oneshot::Receiver<Outcome>;
 
 /// Counts what librdkafka reports, over every producer generation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Reports {
     acknowledged: AtomicU64,
+    /// Records not delivered; the forwarder watches it to learn that a generation failed
+    /// anywhere in its window, not only at its oldest record.
+    failed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        Self {
+            acknowledged: AtomicU64::new(0),
+            failed: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// Routes librdkafka's logs into `tracing` and completes each record's [`Delivery`] from its
@@ -129,7 +141,10 @@ impl ProducerContext for BridgeContext {
                     offset: message.offset(),
                 })
             }
-            Err((error, _)) => Err(Refused::from(error)),
+            Err((error, _)) => {
+                self.reports.failed.send_modify(|failed| *failed += 1);
+                Err(Refused::from(error))
+            }
         };
         let _ = reply.send(outcome);
     }
@@ -251,6 +266,11 @@ impl KafkaPublisher {
     /// The largest record the producer accepts (`message.max.bytes`).
     pub fn max_record_bytes(&self) -> usize {
         self.max_record_bytes
+    }
+
+    /// Changes whenever a record is not delivered.
+    pub fn failures(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.reports.failed.subscribe()
     }
 
     /// The generation records go to now; `None` while a replacement is under way.

@@ -54,6 +54,8 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// Resolves every record of `generation`, destroys its producer and starts the next one;
     /// nothing if that generation is already gone. Blocks.
     fn replace(&self, generation: u64, why: &str);
+    /// Changes whenever a record is not delivered.
+    fn failures(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 impl Sink for KafkaPublisher {
@@ -67,6 +69,10 @@ impl Sink for KafkaPublisher {
 
     fn replace(&self, generation: u64, why: &str) {
         KafkaPublisher::replace(self, generation, why);
+    }
+
+    fn failures(&self) -> tokio::sync::watch::Receiver<u64> {
+        KafkaPublisher::failures(self)
     }
 }
 
@@ -84,6 +90,8 @@ pub(super) struct Forwarder<S: Sink> {
 enum Event {
     Stop,
     Delivered(Outcome),
+    /// A record somewhere in the window was not delivered.
+    Failed,
     Committed,
     Tick,
 }
@@ -139,6 +147,7 @@ impl<S: Sink> Forwarder<S> {
         let shared = &self.shared;
         let mut reader = SegmentReader::new(&self.dir, self.start);
         let mut committed = shared.committed.subscribe();
+        let mut failures = self.sink.failures();
         let mut writer_open = true;
         let mut window = Window::default();
         let mut acknowledged = self.start;
@@ -159,6 +168,7 @@ impl<S: Sink> Forwarder<S> {
             }
             if window.pending.is_empty() {
                 window.generation = self.sink.generation();
+                failures.mark_unchanged();
             }
             let mut failure = None;
             while let Some(generation) = window.generation {
@@ -238,6 +248,8 @@ impl<S: Sink> Forwarder<S> {
                 None => {}
             }
 
+            // Whether a record of the window was not delivered: its generation is done for.
+            let mut window_failed = failure.is_some();
             if failure.is_none() {
                 let event = tokio::select! {
                     biased;
@@ -250,6 +262,7 @@ impl<S: Sink> Forwarder<S> {
                     }, if !window.pending.is_empty() => Event::Delivered(outcome.unwrap_or_else(|_| {
                         Err(Refused::new(RDKafkaErrorCode::Fail, "the producer closed before reporting"))
                     })),
+                    _ = failures.changed(), if !window.pending.is_empty() => Event::Failed,
                     changed = committed.changed(), if writer_open => {
                         // The writer is gone on shutdown; nothing more will be committed.
                         writer_open = changed.is_ok();
@@ -261,62 +274,79 @@ impl<S: Sink> Forwarder<S> {
                     Event::Stop => break,
                     Event::Committed => {}
                     Event::Tick => self.checkpoint(acknowledged, &mut checkpointed),
+                    Event::Failed => window_failed = true,
                     Event::Delivered(outcome) => {
-                        let (done, refused) = window.take_acknowledged(outcome, &mut acknowledged);
-                        if done > 0 {
-                            // Counted as forwarded before no longer waiting, so whoever sees
-                            // the spool empty also sees every record forwarded.
-                            shared.forwarded.fetch_add(done, Ordering::AcqRel);
-                            shared.records.fetch_sub(done, Ordering::AcqRel);
-                            shared.acknowledged.send_replace(acknowledged);
-                            if backoff != FIRST_BACKOFF {
-                                backoff = FIRST_BACKOFF;
-                                shared.set_forward_error(None);
-                                tracing::info!("Kafka takes spooled records again");
-                            }
-                        }
-                        if let Some(refused) = refused {
-                            if refused.verdict() == Verdict::Poison {
-                                if careful_until.is_some() && window.pending.len() == 1 {
-                                    // Refused on its own: the record itself is the cause.
-                                    poison_head = Some(refused.clone());
-                                } else {
-                                    careful_until = Some(window.end().max(acknowledged));
-                                }
-                            }
-                            failure = Some(Failure {
-                                reason: format!("Kafka refused a spooled record: {refused}"),
-                                refused: Some(refused),
-                            });
-                        }
+                        let done = window.take_acknowledged(Some(outcome), &mut acknowledged);
+                        self.count_forwarded(done, acknowledged, &mut backoff);
+                        window_failed = window.refused.is_some();
                     }
                 }
             }
-            if let Some(failure) = failure {
-                // Every record of this generation is resolved and its producer destroyed
-                // before anything goes to the next: then from the oldest unacknowledged
-                // record again. The records the old producer held were handed over before.
-                if let Some(generation) = window.generation {
-                    self.sink.replace(generation, &failure.reason);
-                }
-                window.clear();
-                reader.seek(acknowledged);
-                if let Some(refused) = &failure.refused {
-                    shared.count_forward_failure(refused);
-                }
-                let retry_now = poison_head.is_some()
-                    || (careful_until.is_some()
-                        && failure.refused.as_ref().map(Refused::verdict) == Some(Verdict::Poison));
-                if retry_now {
+            if !window_failed {
+                continue;
+            }
+            // Every record of this generation is resolved and its producer destroyed before
+            // anything goes to the next; then from the oldest unacknowledged record again.
+            if let Some(generation) = window.generation {
+                let why = failure
+                    .as_ref()
+                    .map_or("a spooled record was not delivered", |f| &f.reason);
+                self.sink.replace(generation, why);
+            }
+            let done = window.take_acknowledged(None, &mut acknowledged);
+            self.count_forwarded(done, acknowledged, &mut backoff);
+            let alone = window.sent == 1;
+            let refused = window.worst_refusal();
+            window.clear();
+            reader.seek(acknowledged);
+            failures.mark_unchanged();
+            let failure = match (failure, refused) {
+                (Some(failure), _) => failure,
+                (None, Some(refused)) => Failure {
+                    reason: format!("Kafka refused a spooled record: {refused}"),
+                    refused: Some(refused),
+                },
+                (None, None) => continue,
+            };
+            if let Some(refused) = &failure.refused {
+                shared.count_forward_failure(refused);
+                if refused.verdict() == Verdict::Poison && poison_head.is_none() {
+                    if careful_until.is_some() && alone {
+                        // Refused on its own: the record itself is the cause.
+                        poison_head = Some(refused.clone());
+                    } else {
+                        careful_until = Some(window.end.max(acknowledged));
+                    }
+                    // Sending again at once is what finds the record: no backoff.
                     continue;
                 }
-                if !self.hold_up(failure.reason, &mut backoff, &mut stop).await {
-                    break;
-                }
+            }
+            if poison_head.is_some() {
+                continue;
+            }
+            if !self.hold_up(failure.reason, &mut backoff, &mut stop).await {
+                break;
             }
         }
         window.clear();
         self.checkpoint(acknowledged, &mut checkpointed);
+    }
+
+    fn count_forwarded(&self, done: u64, acknowledged: Position, backoff: &mut Duration) {
+        if done == 0 {
+            return;
+        }
+        let shared = &self.shared;
+        // Counted as forwarded before no longer waiting, so whoever sees the spool empty also
+        // sees every record forwarded.
+        shared.forwarded.fetch_add(done, Ordering::AcqRel);
+        shared.records.fetch_sub(done, Ordering::AcqRel);
+        shared.acknowledged.send_replace(acknowledged);
+        if *backoff != FIRST_BACKOFF {
+            *backoff = FIRST_BACKOFF;
+            shared.set_forward_error(None);
+            tracing::info!("Kafka takes spooled records again");
+        }
     }
 
     /// Reports why forwarding is held up and waits out the backoff, which doubles for the next
@@ -396,60 +426,92 @@ struct Window {
     generation: Option<u64>,
     pending: VecDeque<Pending>,
     bytes: usize,
+    /// Records handed over since the window was last empty, and the position after the last.
+    sent: usize,
+    end: Position,
+    /// The first refusal met at the front: the window stops there.
+    refused: Option<Refused>,
 }
 
 impl Window {
     fn push(&mut self, pending: Pending) {
         self.bytes += pending.bytes;
+        self.sent += 1;
+        self.end = pending.after;
         self.pending.push_back(pending);
     }
 
     fn clear(&mut self) {
         self.pending.clear();
         self.bytes = 0;
+        self.sent = 0;
+        self.refused = None;
     }
 
-    /// The position after the newest record handed over.
-    fn end(&self) -> Position {
-        self.pending.back().map(|p| p.after).unwrap_or_default()
-    }
-
-    /// Takes the front's `outcome` and every acknowledgement already there behind it
-    /// (acknowledgements come in bursts); returns how many were acknowledged and the refusal
-    /// that stopped it, if one did.
+    /// Takes `outcome` for the front (if given) and every outcome already there behind it,
+    /// as long as they are acknowledgements (they come in bursts); stops at the first
+    /// refusal, kept in `refused`. Returns how many were acknowledged.
     fn take_acknowledged(
         &mut self,
-        mut outcome: Outcome,
+        mut outcome: Option<Outcome>,
         acknowledged: &mut Position,
-    ) -> (u64, Option<Refused>) {
+    ) -> u64 {
         let mut done = 0;
-        loop {
-            match outcome {
+        while self.refused.is_none() {
+            let next =
+                match outcome.take() {
+                    Some(given) => given,
+                    None => {
+                        let mut context = Context::from_waker(Waker::noop());
+                        match self.pending.front_mut().map(|pending| {
+                            std::pin::Pin::new(&mut pending.delivery).poll(&mut context)
+                        }) {
+                            Some(Poll::Ready(Ok(next))) => next,
+                            Some(Poll::Ready(Err(_))) => Err(Refused::new(
+                                RDKafkaErrorCode::Fail,
+                                "the producer closed before reporting",
+                            )),
+                            _ => return done,
+                        }
+                    }
+                };
+            // Its outcome is taken: a delivery is never polled again after it completed.
+            let front = self.pending.pop_front();
+            if let Some(pending) = &front {
+                self.bytes -= pending.bytes;
+            }
+            match next {
                 Ok(_) => {
-                    if let Some(pending) = self.pending.pop_front() {
-                        self.bytes -= pending.bytes;
+                    if let Some(pending) = front {
                         *acknowledged = pending.after;
                     }
                     done += 1;
                 }
-                Err(refused) => return (done, Some(refused)),
-            }
-            let mut context = Context::from_waker(Waker::noop());
-            match self
-                .pending
-                .front_mut()
-                .map(|pending| std::pin::Pin::new(&mut pending.delivery).poll(&mut context))
-            {
-                Some(Poll::Ready(Ok(next))) => outcome = next,
-                Some(Poll::Ready(Err(_))) => {
-                    outcome = Err(Refused::new(
-                        RDKafkaErrorCode::Fail,
-                        "the producer closed before reporting",
-                    ));
-                }
-                _ => return (done, None),
+                Err(refused) => self.refused = Some(refused),
             }
         }
+        done
+    }
+
+    /// After the generation was replaced (every outcome is there): the refusal that matters
+    /// most, a record's own refusal for good over an operator's error over anything else.
+    fn worst_refusal(&mut self) -> Option<Refused> {
+        let mut worst = self.refused.take();
+        let rank = |r: &Refused| match r.verdict() {
+            Verdict::Poison => 2,
+            Verdict::Operator => 1,
+            Verdict::Retry => 0,
+        };
+        let mut context = Context::from_waker(Waker::noop());
+        for pending in &mut self.pending {
+            if let Poll::Ready(Ok(Err(refused))) =
+                std::pin::Pin::new(&mut pending.delivery).poll(&mut context)
+                && worst.as_ref().is_none_or(|w| rank(&refused) > rank(w))
+            {
+                worst = Some(refused);
+            }
+        }
+        worst
     }
 }
 

@@ -381,7 +381,8 @@ pub struct Recovered {
     pub records: u64,
     /// Bytes of all segment files kept.
     pub bytes: u64,
-    /// The segment new records go to: one past the last, so recovered segments stay sealed.
+    /// The segment new records go to: one past the last, so recovered segments stay sealed,
+    /// and past the one forwarding resumes in.
     pub next_segment: u64,
     /// Bytes cut off the newest segment's torn tail.
     pub cut_bytes: u64,
@@ -520,6 +521,8 @@ pub fn recover(dir: &Path, on_damage: OnDamage) -> Result<Recovered, LogError> {
         sync_dir(dir).map_err(io_error(dir))?;
     }
     recovered.start = start;
+    // Never below where forwarding resumes: a record written there would never be read.
+    recovered.next_segment = recovered.next_segment.max(start.segment + 1);
     Ok(recovered)
 }
 
@@ -700,7 +703,14 @@ impl SegmentWriter {
             // Part of the batch may be on disk; cut it so the segment ends at its last frame.
             let cut = file.set_len(self.len);
             return Err(match (is_no_space(&error), cut) {
-                (true, Ok(())) => AppendError::NoSpace(error),
+                (true, Ok(())) => {
+                    // Sealed as it is: once forwarded it can be deleted, which frees the
+                    // space; the next append starts a new segment.
+                    self.file = None;
+                    self.segment += 1;
+                    self.len = HEADER_LEN;
+                    AppendError::NoSpace(error)
+                }
                 _ => AppendError::Io(error),
             });
         }
