@@ -7,8 +7,10 @@
 //! - [`http`]: the ingress route, authentication, and the one mapping from errors to statuses.
 //! - [`omnichat`]: OmniChat's wire format, tolerant of unknown fields and values.
 //! - [`event`]: normalization into the schema-1 value, CloudEvents headers and event ids.
-//! - [`publish`]: the [`publish::Publisher`] seam and its Kafka implementation.
-//! - [`spool`]: spool mode's durable local log and the forwarder that drains it to Kafka.
+//! - [`publish`]: the [`publish::Publisher`] seam, its Kafka implementation (producer
+//!   generations) and [`publish::refusal`], the classes of Kafka's refusals.
+//! - [`spool`]: spool mode's durable local log, its recovery, and the forwarder that drains it
+//!   to Kafka and sets aside what Kafka refuses for good.
 //! - [`ops`]: liveness, readiness and metrics on the admin port.
 //! - [`startup`]: binding, running, and the shutdown sequence.
 //! - [`telemetry`]: structured logs.

@@ -26,6 +26,13 @@ pub enum IngressError {
     Overloaded,
     #[error("the event was not stored: {0}")]
     NotStored(#[from] PublishError),
+    /// Kafka will never take this record; the body went to the dead-letter topic if that
+    /// topic took it.
+    #[error("{refused}")]
+    RefusedByKafka {
+        refused: PublishError,
+        dead_lettered: bool,
+    },
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed")]
@@ -47,10 +54,13 @@ impl IngressError {
             IngressError::Overloaded => "overloaded",
             IngressError::NotStored(PublishError::QueueFull) => "queue_full",
             IngressError::NotStored(PublishError::TooLarge { .. }) => "payload_too_large",
-            IngressError::NotStored(PublishError::Poison(refused)) if refused.is_too_large() => {
-                "payload_too_large"
-            }
-            IngressError::NotStored(PublishError::Poison(_)) => "refused_by_kafka",
+            IngressError::NotStored(PublishError::Poison(refused))
+            | IngressError::RefusedByKafka {
+                refused: PublishError::Poison(refused),
+                ..
+            } if refused.is_too_large() => "payload_too_large",
+            IngressError::NotStored(PublishError::Poison(_))
+            | IngressError::RefusedByKafka { .. } => "refused_by_kafka",
             IngressError::NotStored(PublishError::SpoolFull { .. }) => "spool_full",
             IngressError::NotStored(PublishError::Timeout(_)) => "publish_timeout",
             IngressError::NotStored(PublishError::Failed(_)) => "publish_failed",
@@ -82,10 +92,13 @@ impl ResponseError for IngressError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             // Kafka will never take it: a 4xx, so that the sender does not retry forever.
-            IngressError::NotStored(PublishError::Poison(refused)) if refused.is_too_large() => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            IngressError::NotStored(PublishError::Poison(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            IngressError::NotStored(PublishError::Poison(refused))
+            | IngressError::RefusedByKafka {
+                refused: PublishError::Poison(refused),
+                ..
+            } if refused.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::NotStored(PublishError::Poison(_))
+            | IngressError::RefusedByKafka { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IngressError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Rejected(rejection) if rejection.is_malformed() => {
@@ -102,8 +115,12 @@ impl ResponseError for IngressError {
 
     fn error_response(&self) -> HttpResponse {
         let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        if matches!(self, IngressError::Rejected(_)) {
-            body["deadLettered"] = json!(true);
+        match self {
+            IngressError::Rejected(_) => body["deadLettered"] = json!(true),
+            IngressError::RefusedByKafka { dead_lettered, .. } => {
+                body["deadLettered"] = json!(dead_lettered);
+            }
+            _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
         if let Some(seconds) = self.retry_after() {

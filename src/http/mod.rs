@@ -102,7 +102,9 @@ async fn receive_webhook(
     if let Err(error) = &result
         && !matches!(
             error,
-            IngressError::Rejected(_) | IngressError::NotStored(_)
+            IngressError::Rejected(_)
+                | IngressError::NotStored(_)
+                | IngressError::RefusedByKafka { .. }
         )
     {
         tracing::warn!(
@@ -176,7 +178,11 @@ async fn accept(
                         let letter = ingress
                             .normalizer
                             .refused_event(&id, &webhook, &receipt, refused);
-                        dead_letter_refused(ingress, letter, &id).await;
+                        let dead_lettered = dead_letter_refused(ingress, letter, &id).await;
+                        return Err(IngressError::RefusedByKafka {
+                            refused: error,
+                            dead_lettered,
+                        });
                     }
                     return Err(error.into());
                 }
@@ -229,18 +235,22 @@ async fn accept(
 /// Kafka refused an event for good: its body goes to the dead-letter topic, if that takes it.
 /// The sender hears a 4xx either way (nothing to retry); the README says that when the
 /// dead-letter topic refuses it too, nothing was stored.
-async fn dead_letter_refused(ingress: &Ingress, letter: crate::publish::Record, id: &str) {
+async fn dead_letter_refused(ingress: &Ingress, letter: crate::publish::Record, id: &str) -> bool {
     let code = letter.header("error_code").unwrap_or_default().to_owned();
     match ingress.publisher.publish(letter).await {
         Ok(_) => {
             ingress.metrics.observe_dead_letter(&code);
             tracing::warn!(event_id = %id, code, "Event refused by Kafka for good; dead-lettered");
+            true
         }
-        Err(error) => tracing::error!(
-            event_id = %id,
-            code,
-            "Event refused by Kafka for good, and the dead-letter topic did not take it either; nothing stored: {error}"
-        ),
+        Err(error) => {
+            tracing::error!(
+                event_id = %id,
+                code,
+                "Event refused by Kafka for good, and the dead-letter topic did not take it either; nothing stored: {error}"
+            );
+            false
+        }
     }
 }
 

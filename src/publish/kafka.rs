@@ -115,6 +115,10 @@ impl ClientContext for BridgeContext {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
                 tracing::error!(target: "librdkafka", facility, "{message}");
             }
+            // The bridge sets it on purpose (the forwarder's order depends on it).
+            RDKafkaLogLevel::Warning if message.contains("enable.gapless.guarantee") => {
+                tracing::debug!(target: "librdkafka", facility, "{message}");
+            }
             RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
             _ => tracing::debug!(target: "librdkafka", facility, "{message}"),
         }

@@ -162,3 +162,91 @@ fn the_spool_statefulset_runs_the_same_pod_as_the_deployment() {
         );
     }
 }
+
+/// The largest body whose record fits `message.max.bytes` (librdkafka's default, 1,000,000),
+/// counted the way the door counts it.
+fn largest_stored(record_size: impl Fn(usize) -> usize) -> usize {
+    let (mut fits, mut too_large) = (0, 1_000_000);
+    while too_large - fits > 1 {
+        let middle = (fits + too_large) / 2;
+        if record_size(middle) <= 1_000_000 {
+            fits = middle;
+        } else {
+            too_large = middle;
+        }
+    }
+    fits
+}
+
+#[test]
+fn the_readme_states_the_largest_bodies_stored_with_the_defaults() {
+    use omnichat_bridge::config::Settings;
+    use omnichat_bridge::event::{Normalizer, Receipt};
+    use omnichat_bridge::omnichat::Webhook;
+
+    let settings = Settings::from_vars(
+        [
+            ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    )
+    .expect("defaults");
+    let normalizer = Normalizer::new(settings.topics.clone(), settings.event_source.clone());
+    let size_of = |body: &str| -> usize {
+        let receipt = Receipt {
+            body: body.as_bytes(),
+            received_at: time::OffsetDateTime::now_utc(),
+            signed_id: None,
+            traceparent: None,
+        };
+        match Webhook::parse(body.as_bytes()) {
+            Ok(webhook) => normalizer.event(&webhook, &receipt).size(),
+            Err(rejection) => normalizer.dead_letter(&rejection, &receipt).size(),
+        }
+    };
+    // The largest body of each shape: padding found by bisection, then the body's length.
+    let largest =
+        |body: &dyn Fn(usize) -> String| body(largest_stored(|n| size_of(&body(n)))).len();
+    let dead_letter = largest(&|n| "x".repeat(n));
+    // A message's text travels twice in its event: in `message.text` and in `raw`.
+    let message_text = largest(&|n| {
+        format!(
+            r#"{{"objectId":"c1KjTsOhDP","resource":"Message","event":"CREATE","timestamp":1681825655283,"payload":{{"chat":{{"className":"Chat","objectId":"dE5fgIIi8o"}},"type":"TEXT","text":"{}"}}}}"#,
+            "t".repeat(n)
+        )
+    });
+    let other_fields = largest(&|n| {
+        format!(
+            r#"{{"objectId":"o1","resource":"Order","event":"CREATE","timestamp":1681825655283,"items":"{}"}}"#,
+            "i".repeat(n)
+        )
+    });
+    eprintln!(
+        "largest bodies: dead letter {dead_letter}, message text {message_text}, other fields {other_fields}"
+    );
+    let readme = read(&root().join("README.md"));
+    for (what, bytes) in [
+        ("a dead letter", dead_letter),
+        ("an event's message text", message_text),
+        ("an event's other fields", other_fields),
+    ] {
+        let stated = format_thousands(bytes);
+        assert!(
+            readme.contains(&stated),
+            "the README must state {stated} bytes as the largest body for {what}"
+        );
+    }
+}
+
+fn format_thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -11,12 +11,13 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-struct MockSetup {
-    cluster: MockCluster<'static, DefaultProducerContext>,
-    app: TestApp,
+pub struct MockSetup {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub app: TestApp,
 }
 
-async fn mock_setup(brokers: i32, overrides: &[(&str, &str)]) -> MockSetup {
+/// A mock cluster with the test topics, and a bridge on it, ready.
+pub async fn mock_setup(brokers: i32, overrides: &[(&str, &str)]) -> MockSetup {
     let cluster = MockCluster::new(brokers).expect("mock cluster");
     let topics = TestTopics::new();
     for topic in topics.all() {
@@ -31,7 +32,7 @@ async fn mock_setup(brokers: i32, overrides: &[(&str, &str)]) -> MockSetup {
     MockSetup { cluster, app }
 }
 
-async fn status_and_code(app: &TestApp, body: String) -> (u16, Value, Duration) {
+pub async fn status_and_code(app: &TestApp, body: String) -> (u16, Value, Duration) {
     let started = Instant::now();
     let response = tokio::time::timeout(Duration::from_secs(10), app.post(body))
         .await

@@ -13,5 +13,7 @@ mod ordering;
 mod outage;
 mod process;
 mod records;
+mod refusals;
 mod shutdown;
 mod spool;
+mod spool_edges;
