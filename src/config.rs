@@ -459,6 +459,7 @@ impl Settings {
                 .cloned()
                 .collect(),
         };
+        check_queue_limits(&settings.kafka, settings.max_in_flight)?;
         if settings.shutdown_delay >= settings.shutdown_timeout {
             return Err(ConfigError::new(
                 "BRIDGE_SHUTDOWN_DELAY_MS",
@@ -703,7 +704,64 @@ const GUARDED: &[(&str, &[&str], &str)] = &[
         &[],
         "the bridge does not use transactions",
     ),
+    (
+        "delivery.report.only.error",
+        &["false"],
+        "a 202 waits for the broker's acknowledgement of each record, which this would suppress",
+    ),
+    (
+        "enable.gapless.guarantee",
+        &["true"],
+        "the spool's forwarder relies on it to never land a later record before an earlier one",
+    ),
+    (
+        "retries",
+        &["2147483647"],
+        "records are bounded by time (BRIDGE_PUBLISH_TIMEOUT_MS), not by a retry count that \
+         would fail them early and leave gaps",
+    ),
+    (
+        "message.send.max.retries",
+        &["2147483647"],
+        "records are bounded by time (BRIDGE_PUBLISH_TIMEOUT_MS), not by a retry count that \
+         would fail them early and leave gaps",
+    ),
 ];
+
+/// The producer's queue must hold what the bridge may hand it at once: every request in
+/// flight in kafka mode, the forwarder's window in spool mode.
+fn check_queue_limits(kafka: &KafkaSettings, max_in_flight: usize) -> Result<(), ConfigError> {
+    let window = crate::spool::FORWARD_WINDOW_RECORDS.max(max_in_flight) as u64;
+    let window_kbytes = (crate::spool::FORWARD_WINDOW_BYTES / 1024) as u64;
+    for (name, least, what) in [
+        (
+            "queue.buffering.max.messages",
+            window,
+            "records: BRIDGE_MAX_IN_FLIGHT and the spool forwarder's window",
+        ),
+        (
+            "queue.buffering.max.kbytes",
+            window_kbytes,
+            "KiB: the spool forwarder's window",
+        ),
+    ] {
+        let Some(property) = kafka.properties.iter().rev().find(|p| p.name == name) else {
+            continue;
+        };
+        match property.value.expose().trim().parse::<u64>() {
+            Ok(value) if value >= least => {}
+            _ => {
+                return Err(ConfigError::new(
+                    property.variable.clone(),
+                    format!(
+                        "must be at least {least} ({what}), or records are refused as queue-full"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 fn kafka_settings(vars: &[(String, String)]) -> Result<KafkaSettings, ConfigError> {
     let mut properties = Vec::new();
@@ -885,6 +943,34 @@ mod tests {
                 "KAFKA_ENABLE_IDEMPOTENCE",
             ),
             (&[("KAFKA_ACKS", "1")], "KAFKA_ACKS"),
+            (
+                &[("KAFKA_DELIVERY_REPORT_ONLY_ERROR", "true")],
+                "KAFKA_DELIVERY_REPORT_ONLY_ERROR",
+            ),
+            (&[("KAFKA_RETRIES", "1")], "KAFKA_RETRIES"),
+            (
+                &[("KAFKA_MESSAGE_SEND_MAX_RETRIES", "3")],
+                "KAFKA_MESSAGE_SEND_MAX_RETRIES",
+            ),
+            (
+                &[("KAFKA_ENABLE_GAPLESS_GUARANTEE", "false")],
+                "KAFKA_ENABLE_GAPLESS_GUARANTEE",
+            ),
+            (
+                &[("KAFKA_QUEUE_BUFFERING_MAX_MESSAGES", "1000")],
+                "KAFKA_QUEUE_BUFFERING_MAX_MESSAGES",
+            ),
+            (
+                &[("KAFKA_QUEUE_BUFFERING_MAX_KBYTES", "1024")],
+                "KAFKA_QUEUE_BUFFERING_MAX_KBYTES",
+            ),
+            (
+                &[
+                    ("BRIDGE_MAX_IN_FLIGHT", "20000"),
+                    ("KAFKA_QUEUE_BUFFERING_MAX_MESSAGES", "10000"),
+                ],
+                "KAFKA_QUEUE_BUFFERING_MAX_MESSAGES",
+            ),
             (
                 &[("KAFKA_REQUEST_REQUIRED_ACKS", "0")],
                 "KAFKA_REQUEST_REQUIRED_ACKS",

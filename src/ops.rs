@@ -289,11 +289,17 @@ impl Metrics {
                 self.known_events[r][a].inc();
             }
             _ => {
+                // Values outside the documented enumerations come from senders: counted under
+                // `other`, so a sender cannot grow the series (the event keeps the value).
+                let label = |index: Option<usize>, name: &str| match index {
+                    Some(_) => name.to_owned(),
+                    None => "other".to_owned(),
+                };
                 self.events
                     .get_or_create(&EventLabels {
                         topic: topic.to_owned(),
-                        resource: resource.as_str().to_owned(),
-                        event: action.as_str().to_owned(),
+                        resource: label(resource_index, resource.as_str()),
+                        event: label(action_index, action.as_str()),
                     })
                     .inc();
             }
@@ -505,6 +511,34 @@ async fn metrics(metrics: web::Data<Metrics>, health: web::Data<Health>) -> Http
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_and_events_a_sender_invents_share_one_bounded_label() {
+        let topics = crate::config::Topics {
+            messages: "m".into(),
+            interactions: "i".into(),
+            orders: "o".into(),
+            other: "x".into(),
+            deadletter: "d".into(),
+        };
+        let metrics = Metrics::new(&topics, false);
+        let took = Duration::from_millis(1);
+        metrics.observe_event("x", &Resource::Other("Seed".into()), &Action::Create, took);
+        let before = metrics.render().len();
+        for n in 0..2_000 {
+            let resource = Resource::Other(format!("Made-up-{n}").into());
+            let action = Action::Other(format!("EVENT-{n}").into());
+            metrics.observe_event("x", &resource, &action, took);
+        }
+        let after = metrics.render();
+        assert!(
+            after.len() <= before + 200,
+            "grew from {before} to {} bytes",
+            after.len()
+        );
+        assert!(after.contains("resource=\"other\""), "{after}");
+        assert!(!after.contains("Made-up"), "{after}");
+    }
 
     #[test]
     fn ready_only_when_kafka_is_probed_usable_and_not_draining() {

@@ -11,6 +11,11 @@
 //! at least once, same event id, in order.
 
 mod forward;
+
+/// How much the forwarder hands the producer at once (the producer's queue must hold it).
+pub(crate) use forward::{
+    WINDOW_BYTES as FORWARD_WINDOW_BYTES, WINDOW_RECORDS as FORWARD_WINDOW_RECORDS,
+};
 pub mod log;
 
 use std::path::PathBuf;

@@ -33,21 +33,32 @@ pub fn for_webhook(
         webhook.action.as_str(),
         &webhook.object_id,
     ] {
-        hash.update(part.as_bytes());
-        hash.update(b"\0");
+        hash_field(&mut hash, part);
     }
     let raw_updated_at = webhook.message.as_ref().and_then(|m| m.updated_at);
     for (normalized, raw) in [
         (occurred_at, webhook.timestamp),
         (updated_at, raw_updated_at),
     ] {
-        hash.update(canonical_time(normalized, raw).as_bytes());
-        hash.update(b"\0");
+        hash_field(&mut hash, canonical_time(normalized, raw));
     }
     if webhook.timestamp.is_none() && raw_updated_at.is_none() {
         hash.update(Sha256::digest(body));
     }
     uuid_v8(&hash.finalize())
+}
+
+/// Hashes one field and its NUL terminator. A NUL inside the field is hashed as 0xFF, a byte
+/// that never occurs in UTF-8, so no two different field lists hash the same bytes; a field
+/// without NUL (all real traffic) hashes exactly as before this escape existed.
+fn hash_field(hash: &mut Sha256, field: &str) {
+    for (i, piece) in field.split('\0').enumerate() {
+        if i > 0 {
+            hash.update([0xFF]);
+        }
+        hash.update(piece.as_bytes());
+    }
+    hash.update(b"\0");
 }
 
 /// The id an unsigned delivery of `webhook` gets, with its times normalized here.
@@ -93,18 +104,7 @@ mod tests {
 
     fn id(body: &str) -> String {
         let webhook = Webhook::parse(body.as_bytes()).expect("test webhook parses");
-        let read = |raw: Option<&RawValue>| {
-            raw.and_then(super::super::time::parse)
-                .map(super::super::time::format)
-        };
-        let occurred_at = read(webhook.timestamp);
-        let updated_at = read(webhook.message.as_ref().and_then(|m| m.updated_at));
-        for_webhook(
-            &webhook,
-            occurred_at.as_deref(),
-            updated_at.as_deref(),
-            body.as_bytes(),
-        )
+        unsigned(&webhook, body.as_bytes())
     }
 
     const BASE: &str = r#"{"objectId":"m1","resource":"Message","event":"UPDATE","timestamp":1681825655283,"payload":{"chat":{"objectId":"c1"},"updatedAt":"2023-04-18T13:47:35.255Z","text":"a"}}"#;
@@ -153,5 +153,33 @@ mod tests {
         }
         assert_eq!(for_bytes(b"x"), for_bytes(b"x"));
         assert_ne!(for_bytes(b"x"), for_bytes(b"y"));
+    }
+
+    #[test]
+    fn fields_holding_nul_cannot_be_crafted_to_share_an_id() {
+        // Hashed with bare NUL separators, both read "Order\0CREATE\0o\0x\0...".
+        let a = r#"{"objectId":"x","resource":"Order","event":"CREATE\u0000o","timestamp":1681825655283}"#;
+        let b = r#"{"objectId":"o\u0000x","resource":"Order","event":"CREATE","timestamp":1681825655283}"#;
+        assert_ne!(id(a), id(b));
+    }
+
+    #[test]
+    fn an_id_without_nul_is_what_it_was_before_the_escape() {
+        let body = r#"{"objectId":"c1KjTsOhDP","resource":"Message","event":"CREATE","timestamp":1681825655283,
+            "payload":{"chat":{"objectId":"dE5fgIIi8o"},"updatedAt":"2023-04-18T13:47:35.255Z"}}"#;
+        // The encoding of every earlier version: fields joined by NUL.
+        let mut before = Sha256::new();
+        for part in [
+            "omnichat-bridge/v1",
+            "Message",
+            "CREATE",
+            "c1KjTsOhDP",
+            "2023-04-18T13:47:35.283Z",
+            "2023-04-18T13:47:35.255Z",
+        ] {
+            before.update(part.as_bytes());
+            before.update(b"\0");
+        }
+        assert_eq!(id(body), uuid_v8(&before.finalize()));
     }
 }

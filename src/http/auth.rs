@@ -96,7 +96,8 @@ impl Authenticator {
             return None;
         }
         let sent_at: i64 = timestamp.trim().parse().ok()?;
-        if (now_secs - sent_at).abs() > SIGNATURE_TOLERANCE_SECS {
+        // `abs_diff`: a sender's timestamp may be any i64, i64::MIN included.
+        if now_secs.abs_diff(sent_at) > SIGNATURE_TOLERANCE_SECS.unsigned_abs() {
             return None;
         }
         let presented: Vec<Vec<u8>> = signatures
@@ -177,6 +178,27 @@ mod tests {
         mac.update(format!("{id}.{timestamp}.").as_bytes());
         mac.update(body);
         format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn an_extreme_timestamp_is_refused_without_overflowing() {
+        let auth = authenticator();
+        let body = b"{}";
+        for timestamp in [i64::MIN, i64::MAX, -1] {
+            let request = TestRequest::default()
+                .insert_header(("webhook-id", "msg_1"))
+                .insert_header(("webhook-timestamp", timestamp.to_string()))
+                .insert_header((
+                    "webhook-signature",
+                    sign(b"signing key", "msg_1", timestamp, body),
+                ))
+                .to_http_request();
+            assert_eq!(
+                auth.verify_signature(&request, body, 1_700_000_000),
+                None,
+                "{timestamp}"
+            );
+        }
     }
 
     #[test]

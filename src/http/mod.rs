@@ -84,10 +84,10 @@ async fn receive_webhook(
     let started = Instant::now();
     let result = match ingress.in_flight.clone().try_acquire_owned() {
         Ok(_permit) => {
-            ingress.metrics.in_flight.inc();
-            let result = accept(&request, payload, &ingress).await;
-            ingress.metrics.in_flight.dec();
-            result
+            // Counted down on every exit, also when the sender goes away mid-request and this
+            // future is dropped.
+            let _in_flight = InFlight::enter(&ingress.metrics);
+            accept(&request, payload, &ingress).await
         }
         Err(_) => Err(IngressError::Overloaded),
     };
@@ -114,6 +114,22 @@ async fn receive_webhook(
         );
     }
     result
+}
+
+/// One request in flight, on the gauge while it lives.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
 }
 
 async fn accept(

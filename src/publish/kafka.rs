@@ -483,7 +483,18 @@ fn config_error(kafka: &KafkaSettings, error: KafkaError) -> ConfigError {
                 .unwrap_or_else(|| format!("KAFKA_{}", name.to_uppercase().replace('.', "_")));
             (variable, description.clone())
         }
-        other => ("KAFKA_*".to_owned(), other.to_string()),
+        // librdkafka checks some combinations only when it creates the producer, and names
+        // the properties in its message: name the variable that set one of them.
+        other => {
+            let reason = other.to_string();
+            let variable = kafka
+                .properties
+                .iter()
+                .filter(|p| reason.contains(&format!("`{}`", p.name)) || reason.contains(&p.name))
+                .max_by_key(|p| p.name.len())
+                .map_or_else(|| "KAFKA_*".to_owned(), |p| p.variable.clone());
+            (variable, reason)
+        }
     };
     ConfigError { variable, reason }
 }
@@ -617,6 +628,29 @@ mod tests {
         );
         let ingress = KafkaPublisher::new(&settings.kafka, timeout).expect("producer");
         assert_eq!(ingress.inner.config.get("message.timeout.ms"), Some("5000"));
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use crate::config::Settings;
+
+    /// librdkafka checks some combinations only when it creates the producer.
+    #[test]
+    fn a_combination_librdkafka_refuses_at_creation_names_the_variable_that_was_set() {
+        let settings = Settings::from_vars(
+            [
+                ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+                ("KAFKA_MAX_IN_FLIGHT", "6"),
+                ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .expect("settings");
+        let error = KafkaPublisher::new(&settings.kafka, Duration::from_secs(5))
+            .expect_err("refused by librdkafka");
+        assert_eq!(error.variable, "KAFKA_MAX_IN_FLIGHT", "{error}");
     }
 }
 

@@ -36,8 +36,8 @@ use set_aside::NotSetAside;
 pub(crate) use set_aside::SetAsideTo;
 
 /// Records handed to the producer and not yet acknowledged, at most.
-const WINDOW_RECORDS: usize = 4096;
-const WINDOW_BYTES: usize = 32 << 20;
+pub(crate) const WINDOW_RECORDS: usize = 4096;
+pub(crate) const WINDOW_BYTES: usize = 32 << 20;
 /// How often progress is made durable and fully forwarded segments are deleted: a crash sends
 /// again what was acknowledged since (plus the window in flight). A checkpoint costs no fsync.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
