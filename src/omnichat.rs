@@ -26,7 +26,17 @@ pub enum Rejection {
     InvalidEnvelope(String),
     #[error("a Message webhook needs `payload.chat.objectId` as a string")]
     MissingChat,
+    #[error(
+        "the body nests arrays and objects deeper than {MAX_NESTING} levels, more than its \
+         consumers can read"
+    )]
+    TooDeep,
 }
+
+/// The deepest nesting of arrays and objects an event may carry, the top-level object being
+/// level 1. Stock consumers stop near 1,000 (Jackson) or at their stack (Python's `json`);
+/// webhooks come nowhere near either.
+pub const MAX_NESTING: usize = 128;
 
 impl Rejection {
     pub fn code(&self) -> &'static str {
@@ -37,6 +47,7 @@ impl Rejection {
             Rejection::NotAString(_) => "invalid_field",
             Rejection::InvalidEnvelope(_) => "invalid_envelope",
             Rejection::MissingChat => "missing_chat",
+            Rejection::TooDeep => "too_deep",
         }
     }
 
@@ -215,6 +226,35 @@ fn json_error(error: &serde_json::Error) -> Rejection {
     Rejection::InvalidJson(error.to_string())
 }
 
+/// Whether `body`, valid JSON, nests arrays and objects deeper than `limit`, counted in the
+/// bytes as received (brackets inside strings do not count).
+fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 impl<'a> Webhook<'a> {
     /// Reads a webhook from the request body.
     pub fn parse(body: &'a [u8]) -> Result<Self, Rejection> {
@@ -236,6 +276,9 @@ impl<'a> Webhook<'a> {
             Err(error) => return Err(json_error(&error)),
         };
 
+        if nesting_exceeds(body, MAX_NESTING) {
+            return Err(Rejection::TooDeep);
+        }
         let object_id = required_str(envelope.object_id, "objectId")?;
         let resource = Resource::from_wire(required_str(envelope.resource, "resource")?);
         let action = Action::from_wire(required_str(envelope.event, "event")?);
@@ -300,6 +343,28 @@ mod tests {
    "status": "INCOMING_RECEIVED", "system": false, "type": "TEXT", "text": "bom dia",
    "createdAt": "2023-04-18T13:47:35.255Z", "updatedAt": "2023-04-18T13:47:35.255Z",
    "objectId": "c1KjTsOhDP"}}"#;
+
+    fn order_with_extra_nested(levels: usize) -> String {
+        // The envelope is level 1; `extra` adds `levels` arrays below it.
+        format!(
+            r#"{{"objectId":"o1","resource":"Order","event":"CREATE","note":"[[[{{","extra":{}{}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_rejected_with_its_own_code() {
+        let at_limit = order_with_extra_nested(MAX_NESTING - 1);
+        assert!(Webhook::parse(at_limit.as_bytes()).is_ok(), "128 levels are fine");
+        for levels in [MAX_NESTING, 5_000] {
+            let deep = order_with_extra_nested(levels);
+            let rejection = Webhook::parse(deep.as_bytes()).expect_err("too deep");
+            assert_eq!(rejection, Rejection::TooDeep);
+            assert_eq!(rejection.code(), "too_deep");
+            assert!(!rejection.is_malformed(), "valid JSON: 422");
+        }
+    }
 
     fn message_with(field: &str, value: &str) -> String {
         format!(
