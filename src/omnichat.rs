@@ -356,7 +356,10 @@ mod tests {
     #[test]
     fn nesting_deeper_than_the_limit_is_rejected_with_its_own_code() {
         let at_limit = order_with_extra_nested(MAX_NESTING - 1);
-        assert!(Webhook::parse(at_limit.as_bytes()).is_ok(), "128 levels are fine");
+        assert!(
+            Webhook::parse(at_limit.as_bytes()).is_ok(),
+            "128 levels are fine"
+        );
         for levels in [MAX_NESTING, 5_000] {
             let deep = order_with_extra_nested(levels);
             let rejection = Webhook::parse(deep.as_bytes()).expect_err("too deep");

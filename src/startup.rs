@@ -105,6 +105,7 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             body_timeout: settings.request_timeout,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            unverified_budget: Arc::new(Semaphore::new(http::UNVERIFIED_BODY_BUDGET / 1024)),
         });
 
         // In-flight requests get what is left of the shutdown budget after the delay; the

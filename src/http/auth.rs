@@ -81,6 +81,21 @@ impl Authenticator {
         request.headers().contains_key("webhook-signature")
     }
 
+    /// Whether a request that can only authenticate by its signature has everything but the
+    /// signature right: a `webhook-id` and a fresh `webhook-timestamp`. Checked before its
+    /// body is read, so a stranger's stale or partial request costs no body bytes.
+    pub fn signature_headers_plausible(&self, request: &HttpRequest, now_secs: i64) -> bool {
+        let header = |name: &str| request.headers().get(name)?.to_str().ok();
+        let id_ok =
+            header("webhook-id").is_some_and(|id| !id.is_empty() && id.len() <= MAX_WEBHOOK_ID_LEN);
+        let fresh = header("webhook-timestamp")
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .is_some_and(|sent_at| {
+                now_secs.abs_diff(sent_at) <= SIGNATURE_TOLERANCE_SECS.unsigned_abs()
+            });
+        id_ok && fresh
+    }
+
     /// Verifies a Standard Webhooks signature over the body.
     pub fn verify_signature(
         &self,

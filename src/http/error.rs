@@ -69,6 +69,18 @@ impl IngressError {
         }
     }
 
+    /// Refusals that may come before the body is read.
+    fn leaves_body_unread(&self) -> bool {
+        matches!(
+            self,
+            IngressError::Unauthorized
+                | IngressError::Overloaded
+                | IngressError::PayloadTooLarge { .. }
+                | IngressError::BodyTimeout(_)
+                | IngressError::UnreadableBody(_)
+        )
+    }
+
     fn retry_after(&self) -> Option<u32> {
         match self {
             IngressError::Overloaded | IngressError::NotStored(PublishError::QueueFull) => {
@@ -123,6 +135,11 @@ impl ResponseError for IngressError {
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
+        if self.leaves_body_unread() {
+            // Keeping the connection would mean reading (and buffering) the rest of a body
+            // nobody wants: close it instead, so a refused sender costs nothing more.
+            response.force_close();
+        }
         if let Some(seconds) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
         }

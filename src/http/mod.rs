@@ -11,8 +11,11 @@ pub mod error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::web::{self, Bytes};
+use std::pin::Pin;
+
+use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
+use futures_core::Stream;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -51,7 +54,14 @@ pub struct Ingress {
     /// cannot hold an in-flight slot.
     pub body_timeout: Duration,
     pub in_flight: Arc<Semaphore>,
+    /// KiB of bodies being read before their signature is verified, over all requests
+    /// ([`UNVERIFIED_BODY_BUDGET`]).
+    pub unverified_budget: Arc<Semaphore>,
 }
+
+/// Bytes all requests together may hold in bodies not yet authenticated: a stranger who
+/// sends signature headers with bodies cannot make the bridge hold more than this.
+pub const UNVERIFIED_BODY_BUDGET: usize = 16 << 20;
 
 impl std::fmt::Debug for Ingress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +152,18 @@ async fn accept(
     if early.is_none() && !authenticator.may_be_signed(request) {
         return Err(IngressError::Unauthorized);
     }
+    // A request only its signature can authenticate: everything else is checked before its
+    // body is read, and its bytes count against one budget shared by all such requests.
+    let unverified = match early {
+        Some(_) => None,
+        None => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            if !authenticator.signature_headers_plausible(request, now) {
+                return Err(IngressError::Unauthorized);
+            }
+            Some(reserve_unverified(request, ingress)?)
+        }
+    };
     let body = read_body(
         request,
         payload,
@@ -158,6 +180,7 @@ async fn accept(
     if early.is_none() && signed.is_none() {
         return Err(IngressError::Unauthorized);
     }
+    drop(unverified);
     let signed_id = match &signed {
         Some(Credential::Signature { webhook_id }) => Some(webhook_id.as_str()),
         _ => None,
@@ -270,24 +293,59 @@ async fn dead_letter_refused(ingress: &Ingress, letter: crate::publish::Record, 
     }
 }
 
-async fn read_body(
+/// Reserves room for a not yet authenticated body in the shared budget (its declared length,
+/// else the largest body), or answers 503 when strangers hold it all.
+fn reserve_unverified(
     request: &HttpRequest,
-    payload: web::Payload,
-    limit: usize,
-    deadline: Duration,
-) -> Result<Bytes, IngressError> {
-    let declared = request
+    ingress: &Ingress,
+) -> Result<tokio::sync::OwnedSemaphorePermit, IngressError> {
+    let bytes = declared_length(request)
+        .unwrap_or(ingress.max_body_bytes as u64)
+        .min(ingress.max_body_bytes as u64);
+    let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    ingress
+        .unverified_budget
+        .clone()
+        .try_acquire_many_owned(kib)
+        .map_err(|_| IngressError::Overloaded)
+}
+
+fn declared_length(request: &HttpRequest) -> Option<u64> {
+    request
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, IngressError> {
+    let declared = declared_length(request);
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(IngressError::PayloadTooLarge { limit });
     }
-    match tokio::time::timeout(deadline, payload.to_bytes_limited(limit)).await {
+    // Sized from the declared length, so a body takes its own size in memory and not the
+    // double a growing buffer would (that is also what the unverified budget counts).
+    let mut body = BytesMut::with_capacity(declared.map_or(16 << 10, |n| n as usize));
+    let read = async {
+        while let Some(chunk) =
+            std::future::poll_fn(|cx| Pin::new(&mut payload).poll_next(cx)).await
+        {
+            let chunk = chunk.map_err(|error| IngressError::UnreadableBody(error.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(IngressError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(deadline, read).await {
         Err(_) => Err(IngressError::BodyTimeout(deadline)),
-        Ok(Err(_)) => Err(IngressError::PayloadTooLarge { limit }),
-        Ok(Ok(Err(error))) => Err(IngressError::UnreadableBody(error.to_string())),
-        Ok(Ok(Ok(body))) => Ok(body),
+        Ok(Err(error)) => Err(error),
+        Ok(Ok(())) => Ok(body.freeze()),
     }
 }

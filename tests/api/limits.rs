@@ -84,3 +84,33 @@ async fn a_trickled_body_gets_408_and_frees_its_in_flight_slot() {
     );
     app.post_accepted(SEED).await;
 }
+
+/// A request only a signature could authenticate, with a stale timestamp or no `webhook-id`:
+/// refused from its headers, before a byte of its body is read.
+#[tokio::test]
+async fn a_signed_request_with_stale_or_missing_headers_is_refused_before_its_body() {
+    let app = spawn_app_with(&[(
+        "BRIDGE_WEBHOOK_SECRETS",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )])
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    for headers in [
+        format!("webhook-id: msg_1\r\nwebhook-timestamp: {}\r\n", now - 3600),
+        format!("webhook-timestamp: {now}\r\n"),
+    ] {
+        let mut stream = TcpStream::connect(host_port(&app)).await.expect("connect");
+        let head = format!(
+            "POST /webhooks/omnichat HTTP/1.1\r\nHost: bridge\r\n{headers}webhook-signature: v1,AAAA\r\nContent-Length: 1000000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        // No body is sent: an answer can only come from the headers.
+        let answer = read_until_closed(&mut stream, Duration::from_secs(3))
+            .await
+            .expect("answered and closed without the body");
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+}
