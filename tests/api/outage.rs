@@ -226,3 +226,77 @@ async fn a_restarted_broker_process_is_used_again_without_restarting_the_bridge(
     )
     .await;
 }
+
+/// Resets every connection for `seconds`, as a broker restart or a network blip does.
+async fn reset_for(proxy: &Proxy, seconds: u64) -> Instant {
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    proxy.restore();
+    Instant::now()
+}
+
+/// librdkafka's reconnect backoff is capped at 1 s (its default grows to 10 s): about a
+/// second after Kafka is reachable again the bridge answers 202 again.
+#[tokio::test]
+async fn in_kafka_mode_202s_come_back_within_seconds_of_the_broker() {
+    let ProxiedBroker {
+        broker: _broker,
+        proxy,
+        bootstrap,
+        topics,
+    } = proxied_broker().await;
+    let app = spawn_app_on(&bootstrap, topics, &[("BRIDGE_PUBLISH_TIMEOUT_MS", "1000")]).await;
+    app.wait_ready().await;
+    app.post_accepted(message("chat-blip", 0)).await;
+    let outage = async {
+        // Senders keep trying during the outage, as OmniChat would.
+        let restored = reset_for(&proxy, 5).await;
+        restored
+    };
+    let senders = async {
+        for _ in 0..4 {
+            let _ = app.post(message("chat-blip", 1)).await;
+        }
+    };
+    let (restored, ()) = tokio::join!(outage, senders);
+    app.post_until_accepted(message("chat-blip", 1), Duration::from_secs(30))
+        .await;
+    let back = restored.elapsed();
+    eprintln!(
+        "kafka mode: 202 again {} ms after the broker",
+        back.as_millis()
+    );
+    assert!(back < Duration::from_secs(3), "took {back:?}");
+}
+
+#[tokio::test]
+async fn in_spool_mode_forwarding_resumes_within_seconds_of_the_broker() {
+    let ProxiedBroker {
+        broker: _broker,
+        proxy,
+        bootstrap,
+        topics,
+    } = proxied_broker().await;
+    let dir = spool_dir();
+    let vars = spool_vars(&dir);
+    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = spawn_app_on(&bootstrap, topics, &overrides).await;
+    app.wait_ready().await;
+    app.post_accepted(message("chat-blip", 0)).await;
+    app.wait_spool_drained(Duration::from_secs(30)).await;
+    let outage = reset_for(&proxy, 5);
+    let spooling = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for n in 1..21 {
+            app.post_accepted(message("chat-blip", n)).await;
+        }
+    };
+    let (restored, ()) = tokio::join!(outage, spooling);
+    app.wait_spool_drained(Duration::from_secs(30)).await;
+    let back = restored.elapsed();
+    eprintln!(
+        "spool mode: drained {} ms after the broker",
+        back.as_millis()
+    );
+    assert!(back < Duration::from_secs(3), "took {back:?}");
+}
