@@ -194,3 +194,157 @@ fn a_dead_letter_keeps_the_exact_bytes_and_says_why() {
         Some(id::for_bytes(body.as_bytes()).as_str())
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Keys an OmniChat envelope uses, so generated documents often come close to one.
+    const KEYS: [&str; 12] = [
+        "objectId",
+        "resource",
+        "event",
+        "timestamp",
+        "payload",
+        "chat",
+        "text",
+        "updatedAt",
+        "createdAt",
+        "type",
+        "className",
+        "status",
+    ];
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            prop_oneof![
+                Just("Message".to_owned()),
+                Just("Order".to_owned()),
+                Just("CREATE".to_owned()),
+                Just("2023-04-18T13:47:35.255Z".to_owned()),
+                Just("1681825655283".to_owned()),
+                ".{0,12}",
+                "[\\x00-\\x1f\"\\\\\u{fffd}\u{1F600}]{0,6}",
+            ]
+            .prop_map(Value::String),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        scalar().prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            proptest::sample::select(&KEYS[..]).prop_map(str::to_owned),
+                            ".{0,6}"
+                        ],
+                        inner
+                    ),
+                    0..6
+                )
+                .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object with most of an envelope's fields, any of them possibly odd.
+    fn envelope() -> impl Strategy<Value = String> {
+        (
+            proptest::collection::vec((proptest::sample::select(&KEYS[..]), json()), 0..8),
+            prop_oneof![
+                Just("Message"),
+                Just("Order"),
+                Just("Interaction"),
+                Just("Other")
+            ],
+            any::<bool>(),
+        )
+            .prop_map(|(fields, resource, pretty)| {
+                let mut object = serde_json::Map::new();
+                object.insert("objectId".into(), "o1".into());
+                object.insert("resource".into(), resource.into());
+                object.insert("event".into(), "CREATE".into());
+                object.insert(
+                    "payload".into(),
+                    serde_json::json!({"chat": {"objectId": "c1"}, "text": "t"}),
+                );
+                for (key, value) in fields {
+                    object.insert(key.to_owned(), value);
+                }
+                let value = Value::Object(object);
+                if pretty {
+                    serde_json::to_string_pretty(&value).expect("serializes")
+                } else {
+                    value.to_string()
+                }
+            })
+    }
+
+    /// What must hold for any body: no panic; an event's value is JSON a stock parser reads,
+    /// carrying the body verbatim as `raw`; the same body gets the same id whenever it comes;
+    /// a rejection's dead letter holds the exact bytes.
+    fn check(body: &[u8]) {
+        let at = |second: u32| Receipt {
+            body,
+            received_at: ::time::OffsetDateTime::from_unix_timestamp(
+                1_700_000_000 + i64::from(second),
+            )
+            .expect("time"),
+            signed_id: None,
+            traceparent: None,
+        };
+        match Webhook::parse(body) {
+            Ok(webhook) => {
+                let record = normalizer().event(&webhook, &at(0));
+                let value: Value =
+                    serde_json::from_slice(&record.value).expect("the event value is JSON");
+                let raw = serde_json::to_vec(&value["raw"]).expect("raw");
+                let body_value: Value = serde_json::from_slice(body).expect("the body is JSON");
+                assert_eq!(value["raw"], body_value);
+                assert!(!raw.is_empty());
+                let mut spliced = b",\"raw\":".to_vec();
+                spliced.extend_from_slice(body);
+                spliced.push(b'}');
+                assert!(
+                    record.value.ends_with(&spliced),
+                    "raw is the body, byte for byte"
+                );
+                let again = normalizer().event(&webhook, &at(7));
+                assert_eq!(record.header("ce_id"), again.header("ce_id"));
+            }
+            Err(rejection) => {
+                let letter = normalizer().dead_letter(&rejection, &at(0));
+                assert_eq!(letter.value, body);
+                let again = normalizer().dead_letter(&rejection, &at(7));
+                assert_eq!(letter.header("ce_id"), again.header("ce_id"));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_get_a_contract_answer(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            check(&body);
+        }
+
+        #[test]
+        fn any_document_near_the_envelope_gets_a_contract_answer(body in envelope()) {
+            check(body.as_bytes());
+        }
+
+        #[test]
+        fn any_json_gets_a_contract_answer(value in json()) {
+            check(value.to_string().as_bytes());
+        }
+    }
+}
