@@ -4,7 +4,8 @@
 //! The modules follow a webhook's path:
 //!
 //! - [`config`]: environment variables to validated [`config::Settings`]; secrets wrapped.
-//! - [`http`]: the ingress route, authentication, and the one mapping from errors to statuses.
+//! - [`http`]: the public server (every request's headers on a deadline), the ingress route,
+//!   authentication, and the one mapping from errors to statuses.
 //! - [`omnichat`]: OmniChat's wire format, tolerant of unknown fields and values.
 //! - [`event`]: normalization into the schema-1 value, CloudEvents headers and event ids.
 //! - [`publish`]: the [`publish::Publisher`] seam, its Kafka implementation (producer

@@ -105,6 +105,7 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             body_timeout: settings.request_timeout,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            body_budget: Arc::new(Semaphore::new(http::BODY_BUDGET / 1024)),
             unverified_budget: Arc::new(Semaphore::new(http::UNVERIFIED_BODY_BUDGET / 1024)),
         });
 
@@ -116,23 +117,21 @@ impl Application {
             .as_secs()
             .max(1);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let server =
-            HttpServer::new(move || App::new().app_data(ingress.clone()).configure(http::routes))
-                .workers(workers)
-                .max_connections(settings.max_connections.div_ceil(workers).max(1))
-                .disable_signals()
-                .shutdown_timeout(drain_secs)
-                // Headers must arrive within the request timeout; the body gets its own (see `http`).
-                .client_request_timeout(settings.request_timeout)
-                .client_disconnect_timeout(Duration::from_secs(2))
-                .keep_alive(Duration::from_secs(75))
-                .listen(listener)
-                .map_err(|source| StartupError::Listen {
-                    variable: "BRIDGE_LISTEN_ADDR",
-                    addr: settings.listen_addr,
-                    source,
-                })?
-                .run();
+        let server = http::server::public(
+            listener,
+            ingress,
+            http::server::ServerSettings {
+                workers,
+                connections_per_worker: settings.max_connections.div_ceil(workers).max(1),
+                drain: Duration::from_secs(drain_secs),
+                request_timeout: settings.request_timeout,
+            },
+        )
+        .map_err(|source| StartupError::Listen {
+            variable: "BRIDGE_LISTEN_ADDR",
+            addr: settings.listen_addr,
+            source,
+        })?;
 
         let admin_health = health.clone();
         let admin_metrics = metrics.clone();

@@ -7,6 +7,8 @@
 
 pub mod auth;
 pub mod error;
+mod head_deadline;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,13 +56,20 @@ pub struct Ingress {
     /// cannot hold an in-flight slot.
     pub body_timeout: Duration,
     pub in_flight: Arc<Semaphore>,
+    /// KiB of bodies being read or held until answered, over all requests
+    /// ([`BODY_BUDGET`]).
+    pub body_budget: Arc<Semaphore>,
     /// KiB of bodies being read before their signature is verified, over all requests
     /// ([`UNVERIFIED_BODY_BUDGET`]).
     pub unverified_budget: Arc<Semaphore>,
 }
 
-/// Bytes all requests together may hold in bodies not yet authenticated: a stranger who
-/// sends signature headers with bodies cannot make the bridge hold more than this.
+/// Bytes all requests together may hold in bodies, from before they are read until they are
+/// answered; past it a request gets 503 before its body is read. With the records made from
+/// them (an event carries its body about twice), this bounds what requests hold in memory.
+pub const BODY_BUDGET: usize = 64 << 20;
+/// The share of [`BODY_BUDGET`] bodies not yet authenticated may hold: a stranger who sends
+/// signature headers with bodies cannot make the bridge hold more than this.
 pub const UNVERIFIED_BODY_BUDGET: usize = 16 << 20;
 
 impl std::fmt::Debug for Ingress {
@@ -161,9 +170,11 @@ async fn accept(
             if !authenticator.signature_headers_plausible(request, now) {
                 return Err(IngressError::Unauthorized);
             }
-            Some(reserve_unverified(request, ingress)?)
+            Some(reserve(&ingress.unverified_budget, request, ingress)?)
         }
     };
+    // Held until the answer, through the publish that holds its record.
+    let _body_room = reserve(&ingress.body_budget, request, ingress)?;
     let body = read_body(
         request,
         payload,
@@ -293,9 +304,10 @@ async fn dead_letter_refused(ingress: &Ingress, letter: crate::publish::Record, 
     }
 }
 
-/// Reserves room for a not yet authenticated body in the shared budget (its declared length,
-/// else the largest body), or answers 503 when strangers hold it all.
-fn reserve_unverified(
+/// Reserves room for the request's body in `budget` (its declared length, else the largest
+/// body), or answers 503 when others hold it all.
+fn reserve(
+    budget: &Arc<Semaphore>,
     request: &HttpRequest,
     ingress: &Ingress,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, IngressError> {
@@ -303,8 +315,7 @@ fn reserve_unverified(
         .unwrap_or(ingress.max_body_bytes as u64)
         .min(ingress.max_body_bytes as u64);
     let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-    ingress
-        .unverified_budget
+    budget
         .clone()
         .try_acquire_many_owned(kib)
         .map_err(|_| IngressError::Overloaded)

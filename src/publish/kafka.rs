@@ -62,7 +62,11 @@ fn base_config(publish_timeout: Duration) -> ClientConfig {
         // bridge answering 503 for another 6 s. Capped at 1 s, it is back within about a
         // second, at the cost of one connection attempt per broker per second meanwhile.
         .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "1000");
+        .set("reconnect.backoff.max.ms", "1000")
+        // Records waiting in the producer, at most: librdkafka's default is 1 GiB. 64 MiB holds
+        // the spool forwarder's window twice and what the body budget lets requests publish;
+        // past it a request gets 503 queue_full instead of the pod its OOM kill.
+        .set("queue.buffering.max.kbytes", "65536");
     config
 }
 

@@ -583,10 +583,19 @@ pub fn ids_of(answers: &[Value]) -> Vec<String> {
 }
 
 /// Asserts that every id is on a record of the topic.
+/// Reads until the topic stays quiet, not until as many records as ids arrived: duplicates
+/// (a 503'd attempt that landed, then its retry) would end the read before the last ids.
 pub async fn assert_all_stored(bootstrap: &str, topic: &str, accepted: &[String]) {
-    let stored = read_records(bootstrap, topic, accepted.len(), Duration::from_secs(20)).await;
+    let records = read_records_then_idle(
+        bootstrap,
+        topic,
+        accepted.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
     let stored: std::collections::HashSet<&str> =
-        stored.iter().filter_map(|r| r.header("ce_id")).collect();
+        records.iter().filter_map(|r| r.header("ce_id")).collect();
     let lost = accepted
         .iter()
         .filter(|id| !stored.contains(id.as_str()))
@@ -594,8 +603,10 @@ pub async fn assert_all_stored(bootstrap: &str, topic: &str, accepted: &[String]
     assert_eq!(
         lost,
         0,
-        "{lost} of {} events answered 202 are not in Kafka",
-        accepted.len()
+        "{lost} of {} events answered 202 are not in Kafka ({} records read, {} distinct ids)",
+        accepted.len(),
+        records.len(),
+        stored.len()
     );
 }
 

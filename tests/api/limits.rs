@@ -114,3 +114,62 @@ async fn a_signed_request_with_stale_or_missing_headers_is_refused_before_its_bo
         assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     }
 }
+
+/// actix-web's header deadline covers only a connection's first request; a kept-alive
+/// connection's next request must get its headers in within the same timeout.
+#[tokio::test]
+async fn a_kept_alive_connections_next_request_must_bring_its_headers_in_time() {
+    let app = spawn_app_with(&[("BRIDGE_REQUEST_TIMEOUT_MS", "1000")]).await;
+    app.wait_ready().await;
+    let mut stream = TcpStream::connect(host_port(&app)).await.expect("connect");
+    let first = format!(
+        "POST /webhooks/omnichat HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        SEED.len(),
+        SEED
+    );
+    stream.write_all(first.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.expect("first answer");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 202"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+
+    // The next request line, one byte every 300 ms: the connection must go within about the
+    // timeout, not stay open for as long as the trickle goes on.
+    let started = Instant::now();
+    let trickle = b"POST /webhooks/omnichat HTTP/1.1\r\nHost: bridge\r\n";
+    let mut closed = false;
+    for byte in trickle {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut probe)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) if probe[..n].starts_with(b"HTTP/1.1 408") => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "still open after {:?} of trickled headers",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+}
