@@ -437,7 +437,7 @@ impl Settings {
             )? as usize,
             max_connections: positive(
                 "BRIDGE_MAX_CONNECTIONS",
-                bridge.bridge_max_connections.unwrap_or(1024),
+                bridge.bridge_max_connections.unwrap_or(512),
                 1 << 20,
             )? as usize,
             shutdown_delay: Duration::from_millis(at_most(

@@ -67,7 +67,7 @@ pub struct Ingress {
 /// Bytes all requests together may hold in bodies, from before they are read until they are
 /// answered; past it a request gets 503 before its body is read. With the records made from
 /// them (an event carries its body about twice), this bounds what requests hold in memory.
-pub const BODY_BUDGET: usize = 64 << 20;
+pub const BODY_BUDGET: usize = 32 << 20;
 /// The share of [`BODY_BUDGET`] bodies not yet authenticated may hold: a stranger who sends
 /// signature headers with bodies cannot make the bridge hold more than this.
 pub const UNVERIFIED_BODY_BUDGET: usize = 16 << 20;
