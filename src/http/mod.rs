@@ -360,3 +360,6 @@ async fn read_body(
         Ok(Ok(())) => Ok(body.freeze()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -489,14 +489,19 @@ async fn bodies_with_a_wrong_signature_cannot_exhaust_memory() {
 }
 
 fn bytes_of_mib(mib: usize) -> Vec<u8> {
+    bytes_of(mib << 20)
+}
+
+/// An Order webhook of exactly `len` bytes.
+fn bytes_of(len: usize) -> Vec<u8> {
     let mut body = br#"{"objectId":"o","resource":"Order","event":"CREATE","pad":""#.to_vec();
-    body.resize((mib << 20) - 2, b'x');
+    body.resize(len - 2, b'x');
     body.extend_from_slice(b"\"}");
     body
 }
 
 /// The worst case the README states for the default settings: every one of the 512
-/// connections an authenticated sender with a 1 MiB body, Kafka unreachable so nothing is
+/// connections an authenticated sender with a body of nearly 1 MiB, Kafka unreachable so nothing is
 /// answered early. Bodies share a 32 MiB budget (503 past it), so memory stays within the
 /// pod's 256 MiB limit in deploy/.
 #[tokio::test]
@@ -532,7 +537,9 @@ async fn authenticated_senders_at_every_connection_stay_within_the_pod_limit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let url = format!("http://127.0.0.1:{port}/webhooks/omnichat");
-    let body = actix_web::web::Bytes::from(bytes_of_mib(1));
+    // Just under the largest event Kafka takes, so each admitted body becomes a record that
+    // waits in the producer until the publish deadline: the most a request can hold.
+    let body = actix_web::web::Bytes::from(bytes_of(960_000));
     let flood: Vec<_> = (0..1024)
         .map(|_| {
             let request = client.post(&url).bearer_auth(TOKEN).body(body.clone());
@@ -554,6 +561,6 @@ async fn authenticated_senders_at_every_connection_stay_within_the_pod_limit() {
         answers.keys().all(|status| [503, 0].contains(status)),
         "without Kafka only 503: {answers:?}"
     );
-    // Measured at 161 to 175 MiB; the README states the bound.
-    assert!(peak < 200, "peak RSS {peak} MiB: {answers:?}");
+    // Measured at 183 to 191 MiB; the README states it, under the pod's 256 MiB limit.
+    assert!(peak < 224, "peak RSS {peak} MiB: {answers:?}");
 }
