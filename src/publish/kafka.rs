@@ -188,6 +188,9 @@ struct Inner {
     current: RwLock<Option<Generation>>,
     /// One replacement at a time.
     replacing: Mutex<()>,
+    /// A replacement is already scheduled on a thread of its own: the requests that see the
+    /// same dead producer do not each start one.
+    scheduled: std::sync::atomic::AtomicBool,
     reports: Arc<Reports>,
     /// Set when a new producer could not be created: only a restart mends that.
     broken: Mutex<Option<String>>,
@@ -269,6 +272,7 @@ impl KafkaPublisher {
                     producer: Arc::new(producer),
                 })),
                 replacing: Mutex::new(()),
+                scheduled: std::sync::atomic::AtomicBool::new(false),
                 reports,
                 broken: Mutex::new(None),
                 stalled: Mutex::new(None),
@@ -358,12 +362,19 @@ impl KafkaPublisher {
             },
         };
         drop(current);
+        if self.inner.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
         // Off the caller's thread: a request's task must not block on a producer's teardown.
         let inner = self.inner.clone();
         let spawned = std::thread::Builder::new()
             .name("kafka-replace".into())
-            .spawn(move || inner.replace(generation, &why));
+            .spawn(move || {
+                inner.replace(generation, &why);
+                inner.scheduled.store(false, Ordering::Release);
+            });
         if let Err(error) = spawned {
+            self.inner.scheduled.store(false, Ordering::Release);
             tracing::error!("A dead Kafka producer could not be replaced: {error}");
         }
     }
@@ -613,123 +624,4 @@ impl Publisher for KafkaPublisher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Settings;
-
-    #[test]
-    fn the_forwarder_never_gives_a_record_up_whatever_is_configured() {
-        let settings = Settings::from_vars(
-            [
-                ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9"),
-                ("KAFKA_MESSAGE_TIMEOUT_MS", "5000"),
-                ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        )
-        .expect("settings");
-        let timeout = Duration::from_secs(5);
-        let forwarder = KafkaPublisher::unbounded(&settings.kafka, timeout).expect("producer");
-        assert_eq!(forwarder.inner.config.get("message.timeout.ms"), Some("0"));
-        assert_eq!(
-            forwarder.inner.config.get("enable.gapless.guarantee"),
-            Some("true")
-        );
-        let ingress = KafkaPublisher::new(&settings.kafka, timeout).expect("producer");
-        assert_eq!(ingress.inner.config.get("message.timeout.ms"), Some("5000"));
-        for publisher in [&forwarder, &ingress] {
-            assert_eq!(
-                publisher.inner.config.get("reconnect.backoff.max.ms"),
-                Some("1000")
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod config_tests {
-    use super::*;
-    use crate::config::Settings;
-
-    /// librdkafka checks some combinations only when it creates the producer.
-    #[test]
-    fn a_combination_librdkafka_refuses_at_creation_names_the_variable_that_was_set() {
-        let settings = Settings::from_vars(
-            [
-                ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9"),
-                ("KAFKA_MAX_IN_FLIGHT", "6"),
-                ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        )
-        .expect("settings");
-        let error = KafkaPublisher::new(&settings.kafka, Duration::from_secs(5))
-            .expect_err("refused by librdkafka");
-        assert_eq!(error.variable, "KAFKA_MAX_IN_FLIGHT", "{error}");
-    }
-}
-
-#[cfg(test)]
-mod size_tests {
-    use super::*;
-    use crate::config::Settings;
-    use futures_util::FutureExt;
-
-    /// librdkafka refuses a record at `produce` when its size as it counts it is over
-    /// `message.max.bytes`; the bridge's door must draw the same line, byte for byte.
-    #[tokio::test]
-    async fn record_size_is_counted_exactly_as_librdkafka_counts_it() {
-        let limit = 10_000;
-        let settings = Settings::from_vars(
-            [
-                ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9"),
-                ("KAFKA_MESSAGE_MAX_BYTES", "10000"),
-                ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        )
-        .expect("settings");
-        let publisher =
-            KafkaPublisher::new(&settings.kafka, Duration::from_secs(60)).expect("producer");
-        // Header values across the varint boundaries of their length prefixes (64, 8192).
-        for header_len in [0, 1, 63, 64, 65, 200, 8191, 8192] {
-            let headers = vec![
-                (
-                    super::super::Header::Borrowed("ce_id"),
-                    "x".repeat(header_len).into(),
-                ),
-                (
-                    super::super::Header::Borrowed("content-type"),
-                    "application/json".into(),
-                ),
-            ];
-            let fixed = Record {
-                topic: Arc::from("t"),
-                key: "chat-1".to_owned(),
-                headers: headers.clone(),
-                value: Vec::new(),
-            };
-            let start = limit - fixed.size().min(limit) - 80;
-            let mut seen_refused = false;
-            for value_len in start..start + 200 {
-                let record = Record {
-                    value: vec![b'a'; value_len],
-                    ..fixed.clone()
-                };
-                let ours = record.size() > limit;
-                let theirs = matches!(
-                    publisher.publish(record.clone()).now_or_never(),
-                    Some(Err(PublishError::TooLarge { .. }))
-                );
-                assert_eq!(
-                    ours,
-                    theirs,
-                    "header {header_len} B, value {value_len} B: size {} vs limit {limit}",
-                    record.size()
-                );
-                seen_refused |= theirs;
-            }
-            assert!(seen_refused, "the walk must cross the limit");
-        }
-    }
-}
+mod tests;

@@ -112,19 +112,32 @@ impl SmallVolume {
         Self(dir)
     }
 
-    /// Fills what is left of the volume.
+    /// Fills what is left of the volume. Bounded, so that a volume that is not mounted (or was
+    /// unmounted under the test) can never fill the real disk.
     fn fill(&self) {
         use std::io::Write;
         let mut filler = std::fs::File::create(self.0.join("filler")).expect("filler");
         let block = vec![0xAA; 4096];
-        while filler.write_all(&block).is_ok() {}
+        let mut written = 0;
+        while written < 4 << 20 && filler.write_all(&block).is_ok() {
+            written += block.len();
+        }
         let _ = filler.sync_all();
+        assert!(
+            written < 4 << 20,
+            "{} is not a small volume",
+            self.0.display()
+        );
     }
 }
 
 impl Drop for SmallVolume {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // Lazily: the bridge may still hold the directory as the test ends.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
