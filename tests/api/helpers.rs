@@ -669,3 +669,59 @@ impl TestApp {
         }
     }
 }
+
+/// The real binary as a child process, killed when dropped.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary on free ports, once its admin port answers.
+pub struct BridgeProcess {
+    pub process: Running,
+    /// The webhook URL.
+    pub url: String,
+    /// The admin listener's base URL.
+    pub admin: String,
+    /// A client that keeps no idle connection, like many independent senders.
+    pub client: reqwest::Client,
+}
+
+/// Starts the binary with `vars` and its listen and admin addresses on free ports.
+pub async fn spawn_bridge(mut vars: Vec<(String, String)>) -> BridgeProcess {
+    let (port, admin_port) = (free_port(), free_port());
+    vars.push(("BRIDGE_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+    vars.push((
+        "BRIDGE_ADMIN_ADDR".into(),
+        format!("127.0.0.1:{admin_port}"),
+    ));
+    let process = Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_omnichat-bridge"))
+            .env_clear()
+            .envs(vars)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the bridge starts"),
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{admin}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the bridge never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    BridgeProcess {
+        process,
+        url: format!("http://127.0.0.1:{port}/webhooks/omnichat"),
+        admin,
+        client,
+    }
+}

@@ -1,7 +1,7 @@
 //! The real binary as an operator runs it: configuration errors, `check-config`, and SIGTERM
 //! under load.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
@@ -72,15 +72,6 @@ async fn check_config_verifies_kafka_and_topics_without_printing_secrets() {
     assert!(stdout.contains(&format!("BRIDGE_TOPIC_MESSAGES={}", topics.messages)));
     for secret in [TOKEN, "kafka-secret-value"] {
         assert!(!stdout.contains(secret), "a secret leaked: {stdout}");
-    }
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -193,40 +184,19 @@ async fn a_flood_is_shed_at_the_in_flight_limit_and_memory_stays_bounded() {
     // sender already sent (about one body here), so memory is bounded by
     // BRIDGE_MAX_CONNECTIONS; the rest of the flood waits in the kernel's accept queue. Without
     // the cap this flood peaked at 160 MiB; with it, about 70.
-    let (port, admin_port) = (free_port(), free_port());
     let mut vars = base_vars(&format!("127.0.0.1:{}", free_port()), &TestTopics::new());
     vars.extend([
-        ("BRIDGE_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-        (
-            "BRIDGE_ADMIN_ADDR".into(),
-            format!("127.0.0.1:{admin_port}"),
-        ),
         ("BRIDGE_MAX_IN_FLIGHT".into(), "32".into()),
         ("BRIDGE_MAX_CONNECTIONS".into(), "64".into()),
         ("BRIDGE_PUBLISH_TIMEOUT_MS".into(), "2000".into()),
     ]);
-    let bridge = Running(
-        bridge_command(&vars)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starts"),
-    );
-    // Many independent senders: no connection is kept idle in a pool after its answer.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
-    let url = format!("http://127.0.0.1:{port}/webhooks/omnichat");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("http://127.0.0.1:{admin_port}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the bridge never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Many independent senders: the client keeps no connection idle after its answer.
+    let BridgeProcess {
+        process: bridge,
+        url,
+        client,
+        ..
+    } = spawn_bridge(vars).await;
     let body = format!(
         r#"{{"objectId":"o","resource":"Order","event":"CREATE","pad":"{}"}}"#,
         "x".repeat(128 * 1024)
@@ -414,41 +384,18 @@ fn a_spool_of_another_format_version_stops_the_process_with_one_line_naming_the_
 /// 503 before its body is read. Without the budget, 400 of them took the bridge to 938 MiB.
 #[tokio::test]
 async fn bodies_with_a_wrong_signature_cannot_exhaust_memory() {
-    let (port, admin_port) = (free_port(), free_port());
     let mut vars = base_vars(&format!("127.0.0.1:{}", free_port()), &TestTopics::new());
-    vars.extend([
-        ("BRIDGE_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-        (
-            "BRIDGE_ADMIN_ADDR".into(),
-            format!("127.0.0.1:{admin_port}"),
-        ),
-        (
-            "BRIDGE_WEBHOOK_SECRETS".into(),
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        ),
-    ]);
-    let bridge = Running(
-        bridge_command(&vars)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starts"),
-    );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("http://127.0.0.1:{admin_port}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the bridge never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    vars.push((
+        "BRIDGE_WEBHOOK_SECRETS".into(),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+    ));
+    let BridgeProcess {
+        process: bridge,
+        url,
+        client,
+        ..
+    } = spawn_bridge(vars).await;
     let before = peak_rss_mib(bridge.0.id());
-    let url = format!("http://127.0.0.1:{port}/webhooks/omnichat");
     let body = bytes_of_mib(1);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -506,37 +453,14 @@ fn bytes_of(len: usize) -> Vec<u8> {
 /// pod's 256 MiB limit in deploy/.
 #[tokio::test]
 async fn authenticated_senders_at_every_connection_stay_within_the_pod_limit() {
-    let (port, admin_port) = (free_port(), free_port());
     let mut vars = base_vars(&format!("127.0.0.1:{}", free_port()), &TestTopics::new());
-    vars.extend([
-        ("BRIDGE_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-        (
-            "BRIDGE_ADMIN_ADDR".into(),
-            format!("127.0.0.1:{admin_port}"),
-        ),
-        ("BRIDGE_PUBLISH_TIMEOUT_MS".into(), "2000".into()),
-    ]);
-    let bridge = Running(
-        bridge_command(&vars)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starts"),
-    );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("http://127.0.0.1:{admin_port}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the bridge never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let url = format!("http://127.0.0.1:{port}/webhooks/omnichat");
+    vars.push(("BRIDGE_PUBLISH_TIMEOUT_MS".into(), "2000".into()));
+    let BridgeProcess {
+        process: bridge,
+        url,
+        client,
+        ..
+    } = spawn_bridge(vars).await;
     // Just under the largest event Kafka takes, so each admitted body becomes a record that
     // waits in the producer until the publish deadline: the most a request can hold.
     let body = actix_web::web::Bytes::from(bytes_of(960_000));

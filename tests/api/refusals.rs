@@ -2,7 +2,6 @@
 //! with librdkafka's mock cluster. Its errors apply per produce request, not per record, so
 //! these tests count requests exactly and send records one at a time where it matters.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -233,15 +232,6 @@ fn threads_and_sockets(pid: u32) -> (usize, usize) {
     (threads, sockets)
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The forwarder's producer dies twenty times with records in flight (a sequence error
 /// kills an idempotent producer). Each time it is replaced only after every record it held
 /// was resolved and it was destroyed: the chat stays in order and the process does not
@@ -259,27 +249,16 @@ async fn twenty_producer_replacements_with_records_in_flight_keep_order_and_leak
     // Several batches in flight are the subject of the refused-batch test above.
     let bootstrap = cluster.bootstrap_servers();
     let dir = spool_dir();
-    let (port, admin_port) = (free_port(), free_port());
     let mut vars = base_vars(&bootstrap, &topics);
     vars.extend(spool_vars(&dir));
-    vars.push(("BRIDGE_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
-    vars.push((
-        "BRIDGE_ADMIN_ADDR".into(),
-        format!("127.0.0.1:{admin_port}"),
-    ));
-    vars.push(("BRIDGE_LOG_FORMAT".into(), "text".into()));
-    let child = Command::new(env!("CARGO_BIN_EXE_omnichat-bridge"))
-        .env_clear()
-        .envs(vars)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("bridge starts");
-    let bridge = Running(child);
+    let BridgeProcess {
+        process: bridge,
+        url,
+        admin,
+        client,
+    } = spawn_bridge(vars).await;
     let pid = bridge.0.id();
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/webhooks/omnichat");
-    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let readyz = format!("{admin}/readyz");
     let post = |body: String| {
         let request = client.post(&url).bearer_auth(TOKEN).body(body);
         async move {
