@@ -322,3 +322,90 @@ async fn twenty_producer_replacements_with_records_in_flight_keep_order_and_leak
         "{texts:?}"
     );
 }
+
+/// The stuck-producer path: the cluster answers metadata but the partitions' leader is down,
+/// so records wait in the producer and, after max(2 x publish deadline, 10 s), the producer is
+/// replaced while it still holds them. Records spooled before must not land after records
+/// spooled later, whichever producer carries them once the leader is back.
+#[tokio::test]
+async fn a_producer_replaced_while_it_still_holds_records_never_reorders_a_chat() {
+    let cluster = rdkafka::mocking::MockCluster::new(2).expect("mock cluster");
+    let topics = TestTopics::new();
+    for topic in topics.all() {
+        cluster.create_topic(topic, PARTITIONS, 1).expect("topic");
+        for partition in 0..PARTITIONS {
+            cluster
+                .partition_leader(topic, partition, Some(2))
+                .expect("leader");
+        }
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let dir = spool_dir();
+    let mut vars = base_vars(&bootstrap, &topics);
+    vars.extend(spool_vars(&dir));
+    vars.push(("BRIDGE_PUBLISH_TIMEOUT_MS".into(), "1000".into()));
+    let BridgeProcess {
+        process: bridge,
+        url,
+        admin,
+        client,
+    } = spawn_bridge(vars).await;
+    let pid = bridge.0.id();
+    let post = |n: usize| {
+        let request = client
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .body(message("chat-stuck", n));
+        async move {
+            let response = request.send().await.expect("answered");
+            assert_eq!(response.status(), 202);
+        }
+    };
+    let records = || async {
+        let response = client.get(format!("{admin}/readyz")).send().await.ok()?;
+        let body: Value = response.json().await.ok()?;
+        body["spool"]["records"].as_u64()
+    };
+    let drained = || async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while records().await != Some(0) {
+            assert!(Instant::now() < deadline, "the spool never drained");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for n in 0..5 {
+        post(n).await;
+    }
+    drained().await;
+    let before = threads_and_sockets(pid);
+
+    cluster.broker_down(2).expect("leader down");
+    for n in 5..15 {
+        post(n).await;
+    }
+    // Long enough for the stuck-producer rule (10 s without an acknowledgement while the
+    // cluster answers), checked by the 2 s readiness probe.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    // Spooled after the replacement, while the leader is still down: if the old producer
+    // still held 5 to 14, both producers would hold records when it returns, and the one that
+    // reconnects first would land its records first.
+    for n in 15..25 {
+        post(n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.broker_up(2).expect("leader up");
+    drained().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = threads_and_sockets(pid);
+    assert!(
+        after.0 <= before.0 + 2 && after.1 <= before.1 + 2,
+        "threads and sockets grew from {before:?} to {after:?}"
+    );
+    let records = read_all_records(&bootstrap, &topics.messages, 25).await;
+    let texts = texts_of(&records, "chat-stuck");
+    assert_eq!(
+        first_occurrences(&texts),
+        (0..25).collect::<Vec<_>>(),
+        "{texts:?}"
+    );
+}
