@@ -51,6 +51,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub queue_depth: Gauge,
     pub kafka_up: Gauge,
+    /// 1 while `/readyz` answers 200, else 0: what a dashboard and a flapping alert read.
+    pub ready: Gauge,
     spool: Option<SpoolMetrics>,
 }
 
@@ -185,6 +187,12 @@ impl Metrics {
             "1 when the last probe reached Kafka and found every topic, else 0",
             kafka_up.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (the bridge should get traffic), else 0",
+            ready.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -217,6 +225,7 @@ impl Metrics {
             in_flight,
             queue_depth,
             kafka_up,
+            ready,
             spool,
         }
     }

@@ -210,6 +210,7 @@ impl Application {
 
         let started = Instant::now();
         health.start_draining();
+        metrics.ready.set(0);
         tracing::info!(
             delay_ms = settings.shutdown_delay.as_millis() as u64,
             "Shutdown started: not ready, still serving until load balancers notice"
@@ -331,6 +332,7 @@ async fn probe_kafka(
             (Err(reason), true) => tracing::warn!("Kafka not usable: {reason}"),
             _ => {}
         }
+        metrics.ready.set(i64::from(health.readiness().is_ok()));
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }

@@ -250,3 +250,68 @@ fn format_thousands(n: usize) -> String {
     }
     out
 }
+
+/// The names a scrape of the bridge can show, in either mode: counters with `_total`,
+/// histograms with `_bucket`, `_sum` and `_count`.
+fn exposed_metric_names() -> BTreeSet<String> {
+    use omnichat_bridge::config::Settings;
+    use omnichat_bridge::ops::Metrics;
+    let settings = Settings::from_vars(
+        [
+            ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    )
+    .expect("defaults");
+    let mut names = BTreeSet::new();
+    for spool in [false, true] {
+        let rendered = Metrics::new(&settings.topics, spool).render();
+        for line in rendered.lines() {
+            let mut parts = line.split_whitespace();
+            if parts.next() != Some("#") || parts.next() != Some("TYPE") {
+                continue;
+            }
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            for suffix in suffixes {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_read_only_metrics_the_bridge_exposes() {
+    let exposed = exposed_metric_names();
+    assert!(exposed.contains("omnichat_bridge_ready"), "{exposed:?}");
+    for file in [
+        "deploy/monitoring/dashboard.json",
+        "deploy/monitoring/alerts.yaml",
+        "deploy/monitoring/alerts-test.yaml",
+    ] {
+        let text = read(&root().join(file));
+        let mut used = BTreeSet::new();
+        for (start, _) in text.match_indices("omnichat_bridge_") {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+        assert!(!used.is_empty(), "{file} reads no metric");
+        let unknown: Vec<_> = used.difference(&exposed).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} reads metrics the bridge does not expose: {unknown:?}"
+        );
+    }
+}
