@@ -165,7 +165,7 @@ async fn a_peer_that_accepts_connections_and_never_answers_gets_503() {
 async fn in_spool_mode_refused_records_are_sent_again_without_reordering_a_chat() {
     let dir = spool_dir();
     let vars = spool_vars(&dir);
-    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let overrides = overrides(&vars);
     let MockSetup { cluster, app } = mock_setup(1, &overrides).await;
     let chat = "chat-refused";
     // Kafka refuses produce requests for good (not retriable by the producer), then a sequence

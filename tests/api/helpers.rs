@@ -610,6 +610,11 @@ pub async fn assert_all_stored(bootstrap: &str, topic: &str, accepted: &[String]
     );
 }
 
+/// Owned variables as the `(&str, &str)` overrides `spawn_app_on` and `mock_setup` take.
+pub fn overrides(vars: &[(String, String)]) -> Vec<(&str, &str)> {
+    vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 /// A fresh directory for a spool, under the test target's temporary directory.
 pub fn spool_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -121,7 +121,7 @@ async fn the_unavailable_answers_match_the_openapi_document() {
 async fn spool_mode_answers_match_the_openapi_document() {
     let dir = spool_dir();
     let vars = spool_vars(&dir);
-    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let overrides = overrides(&vars);
     let app = spawn_app_with(&overrides).await;
     app.wait_ready().await;
     let body = assert_documented("/webhooks/omnichat", "post", app.post(SEED).await).await;

@@ -276,7 +276,7 @@ async fn in_spool_mode_forwarding_resumes_within_seconds_of_the_broker() {
     } = proxied_broker().await;
     let dir = spool_dir();
     let vars = spool_vars(&dir);
-    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let overrides = overrides(&vars);
     let app = spawn_app_on(&bootstrap, topics, &overrides).await;
     app.wait_ready().await;
     app.post_accepted(message("chat-blip", 0)).await;

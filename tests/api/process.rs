@@ -401,26 +401,15 @@ async fn bodies_with_a_wrong_signature_cannot_exhaust_memory() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let flood: Vec<_> = (0..400)
-        .map(|n| {
-            let request = client
-                .post(&url)
-                .header("webhook-id", format!("msg_{n}"))
-                .header("webhook-timestamp", now.to_string())
-                .header("webhook-signature", "v1,AAAA")
-                .body(body.clone());
-            tokio::spawn(async move {
-                match request.send().await {
-                    Ok(response) => response.status().as_u16(),
-                    Err(_) => 0,
-                }
-            })
-        })
-        .collect();
-    let mut answers = std::collections::BTreeMap::new();
-    for request in flood {
-        *answers.entry(request.await.expect("task")).or_insert(0) += 1;
-    }
+    let answers = answers_by_status((0..400).map(|n| {
+        client
+            .post(&url)
+            .header("webhook-id", format!("msg_{n}"))
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", "v1,AAAA")
+            .body(body.clone())
+    }))
+    .await;
     assert!(
         answers.keys().all(|status| [401, 503, 0].contains(status)),
         "nothing but 401 or 503: {answers:?}"
@@ -433,6 +422,27 @@ async fn bodies_with_a_wrong_signature_cannot_exhaust_memory() {
         peak < 160,
         "peak RSS grew from {before} to {peak} MiB: {answers:?}"
     );
+}
+
+/// Sends every request at once; how many got each status (0: no answer, a connection error).
+async fn answers_by_status(
+    requests: impl Iterator<Item = reqwest::RequestBuilder>,
+) -> std::collections::BTreeMap<u16, usize> {
+    let flood: Vec<_> = requests
+        .map(|request| {
+            tokio::spawn(async move {
+                match request.send().await {
+                    Ok(response) => response.status().as_u16(),
+                    Err(_) => 0,
+                }
+            })
+        })
+        .collect();
+    let mut answers = std::collections::BTreeMap::new();
+    for request in flood {
+        *answers.entry(request.await.expect("task")).or_insert(0) += 1;
+    }
+    answers
 }
 
 fn bytes_of_mib(mib: usize) -> Vec<u8> {
@@ -464,21 +474,10 @@ async fn authenticated_senders_at_every_connection_stay_within_the_pod_limit() {
     // Just under the largest event Kafka takes, so each admitted body becomes a record that
     // waits in the producer until the publish deadline: the most a request can hold.
     let body = actix_web::web::Bytes::from(bytes_of(960_000));
-    let flood: Vec<_> = (0..1024)
-        .map(|_| {
-            let request = client.post(&url).bearer_auth(TOKEN).body(body.clone());
-            tokio::spawn(async move {
-                match request.send().await {
-                    Ok(response) => response.status().as_u16(),
-                    Err(_) => 0,
-                }
-            })
-        })
-        .collect();
-    let mut answers = std::collections::BTreeMap::new();
-    for request in flood {
-        *answers.entry(request.await.expect("task")).or_insert(0) += 1;
-    }
+    let answers = answers_by_status(
+        (0..1024).map(|_| client.post(&url).bearer_auth(TOKEN).body(body.clone())),
+    )
+    .await;
     let peak = peak_rss_mib(bridge.0.id());
     eprintln!("authenticated flood: peak RSS {peak} MiB; answers {answers:?}");
     assert!(

@@ -12,10 +12,6 @@ use crate::helpers::*;
 
 const TOO_LARGE: RDKafkaRespErr = RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
 
-fn owned(vars: &[(String, String)]) -> Vec<(&str, &str)> {
-    vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
 /// Polls readiness until `done` holds for its body.
 async fn wait_for_readiness(app: &TestApp, within: Duration, done: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + within;
@@ -36,7 +32,7 @@ async fn wait_for_readiness(app: &TestApp, within: Duration, done: impl Fn(&Valu
 async fn in_spool_mode_a_record_kafka_refuses_for_good_is_set_aside_and_the_rest_goes_on_in_order()
 {
     let dir = spool_dir();
-    let MockSetup { cluster, app } = mock_setup(1, &owned(&spool_vars(&dir))).await;
+    let MockSetup { cluster, app } = mock_setup(1, &overrides(&spool_vars(&dir))).await;
     let chat = "chat-poison";
     app.post_accepted(message(chat, 0)).await;
     app.wait_spool_drained(Duration::from_secs(30)).await;
@@ -104,7 +100,7 @@ async fn in_spool_mode_a_record_kafka_refuses_for_good_is_set_aside_and_the_rest
 #[tokio::test]
 async fn in_spool_mode_a_record_the_dead_letter_topic_refuses_too_goes_to_the_quarantine() {
     let dir = spool_dir();
-    let MockSetup { cluster, app } = mock_setup(1, &owned(&spool_vars(&dir))).await;
+    let MockSetup { cluster, app } = mock_setup(1, &overrides(&spool_vars(&dir))).await;
     let chat = "chat-quarantine";
     app.post_accepted(message(chat, 0)).await;
     app.wait_spool_drained(Duration::from_secs(30)).await;
@@ -141,7 +137,7 @@ async fn in_spool_mode_a_record_the_dead_letter_topic_refuses_too_goes_to_the_qu
 #[tokio::test]
 async fn in_spool_mode_a_refused_batch_with_later_batches_in_flight_never_reorders_a_chat() {
     let dir = spool_dir();
-    let MockSetup { cluster, app } = mock_setup(1, &owned(&spool_vars(&dir))).await;
+    let MockSetup { cluster, app } = mock_setup(1, &overrides(&spool_vars(&dir))).await;
     let chat = "chat-in-flight";
     cluster
         .broker_round_trip_time(1, Duration::from_millis(300))

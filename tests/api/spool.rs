@@ -6,10 +6,6 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 use crate::outage::{ProxiedBroker, proxied_broker};
 
-fn overrides(vars: &[(String, String)]) -> Vec<(&str, &str)> {
-    vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
 #[tokio::test]
 async fn spooled_events_reach_kafka_in_order_with_the_same_records_as_kafka_mode() {
     let dir = spool_dir();

@@ -141,6 +141,13 @@ impl Drop for SmallVolume {
     }
 }
 
+/// Spool mode on `volume`, with a spool limit far above the volume: the volume fills first.
+fn small_volume_vars(volume: &SmallVolume) -> Vec<(String, String)> {
+    let mut vars = spool_vars(&volume.0);
+    vars.push(("BRIDGE_SPOOL_MAX_BYTES".into(), (64u64 << 20).to_string()));
+    vars
+}
+
 fn padded(chat: &str, n: usize) -> String {
     message(chat, n).replace(
         "\"system\"",
@@ -151,9 +158,8 @@ fn padded(chat: &str, n: usize) -> String {
 #[tokio::test]
 async fn a_full_volume_answers_spool_full_then_starts_drains_and_frees_space() {
     let volume = SmallVolume::mount("1m");
-    let mut vars = spool_vars(&volume.0);
-    vars.push(("BRIDGE_SPOOL_MAX_BYTES".into(), (64u64 << 20).to_string()));
-    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let vars = small_volume_vars(&volume);
+    let overrides = overrides(&vars);
     let MockSetup { cluster, mut app } = mock_setup(1, &overrides).await;
     cluster.broker_down(1).expect("down");
 
@@ -208,9 +214,8 @@ async fn a_full_volume_answers_spool_full_then_starts_drains_and_frees_space() {
 #[tokio::test]
 async fn the_backlog_alone_frees_a_volume_filled_by_something_else() {
     let volume = SmallVolume::mount("1m");
-    let mut vars = spool_vars(&volume.0);
-    vars.push(("BRIDGE_SPOOL_MAX_BYTES".into(), (64u64 << 20).to_string()));
-    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let vars = small_volume_vars(&volume);
+    let overrides = overrides(&vars);
     let MockSetup { cluster, mut app } = mock_setup(1, &overrides).await;
     cluster.broker_down(1).expect("down");
     let chat = "chat-filled";
