@@ -16,12 +16,14 @@
 //! - [`startup`]: binding, running, and the shutdown sequence.
 //! - [`telemetry`]: structured logs.
 
+pub mod backend;
 pub mod config;
 pub mod event;
 pub mod http;
 pub mod omnichat;
 pub mod ops;
 pub mod publish;
+pub mod redrive;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;

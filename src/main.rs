@@ -3,18 +3,19 @@ use std::time::Duration;
 
 use omnichat_bridge::config::Settings;
 use omnichat_bridge::startup::{
-    Application, check_kafka, kafka_publisher, publisher, shutdown_signal,
+    Application, backend, check_kafka, kafka_publisher, shutdown_signal,
 };
 use omnichat_bridge::telemetry;
 
-const USAGE: &str = "usage: omnichat-bridge [check-config | healthcheck]
+const USAGE: &str = "usage: omnichat-bridge [check-config | healthcheck | redrive [OPTIONS]]
 
 Configured only by environment variables (see the README).
   (no argument)   run the bridge
   check-config    validate the settings, connect to Kafka, check the topics exist,
                   print the effective settings (secrets redacted); exit 0 or 1
   healthcheck     exit 0 when the running bridge's /readyz answers 200 (for container
-                  health checks in images without a shell)";
+                  health checks in images without a shell)
+  redrive         re-drive dead letters through today's normalization (redrive --help)";
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,6 +27,7 @@ async fn main() -> ExitCode {
         None => run().await,
         Some("check-config") => check_config(),
         Some("healthcheck") => healthcheck(),
+        Some("redrive") => redrive().await,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -66,8 +68,8 @@ async fn run() -> ExitCode {
 
     // In spool mode this recovers the spool, which may log what it found. Nothing else is
     // logged before it, so a spool or listener that cannot be used is the one line on stderr.
-    let app = match publisher(&settings, kafka)
-        .and_then(|publisher| Application::with_publisher(settings, publisher))
+    let app = match backend(&settings, kafka)
+        .and_then(|backend| Application::with_backend(settings, backend))
     {
         Ok(app) => app,
         Err(error) => {
@@ -112,6 +114,55 @@ fn check_config() -> ExitCode {
         }
         Err(error) => {
             eprintln!("omnichat-bridge: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Re-drives dead letters (see `omnichat_bridge::redrive`): prints what it would do on a dry
+/// run, then a summary; exits 0 when it got to the end, 1 when it stopped early, 2 on bad
+/// options or settings.
+async fn redrive() -> ExitCode {
+    use omnichat_bridge::redrive::options::{Options, Source, USAGE};
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let options = match Options::parse(args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("omnichat-bridge redrive: {error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let (summary, result) = match &options.source {
+        Source::Topic(range) => {
+            let settings = match settings() {
+                Ok(settings) => settings,
+                Err(code) => return code,
+            };
+            let mut out = std::io::stdout();
+            omnichat_bridge::redrive::topic::run(&settings, &options, range, &mut out).await
+        }
+        Source::Quarantine => {
+            let admin =
+                std::env::var("BRIDGE_ADMIN_ADDR").unwrap_or_else(|_| "0.0.0.0:9090".to_owned());
+            match tokio::task::spawn_blocking(move || {
+                omnichat_bridge::redrive::quarantine::ask(&admin, options.dry_run)
+            })
+            .await
+            {
+                Ok(answer) => answer,
+                Err(error) => (Default::default(), Err(error.to_string())),
+            }
+        }
+    };
+    println!("{summary}");
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("omnichat-bridge redrive: {error}");
             ExitCode::FAILURE
         }
     }

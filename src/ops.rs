@@ -15,7 +15,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use crate::backend::Backend;
 use crate::config::Topics;
+use crate::event::Normalizer;
 use crate::omnichat::{Action, Resource};
 use crate::spool::SpoolStatus;
 
@@ -62,6 +64,7 @@ struct SpoolMetrics {
     records: Gauge,
     bytes: Gauge,
     limit: Gauge,
+    quarantine_bytes: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
     forwarded: Counter,
     commits: Counter,
@@ -101,6 +104,11 @@ impl Metrics {
                 "spool_limit_bytes",
                 "BRIDGE_SPOOL_MAX_BYTES: above it, webhooks are answered 503",
                 metrics.limit.clone(),
+            );
+            registry.register(
+                "spool_quarantine_bytes",
+                "Bytes in the spool's quarantine (counted in spool_bytes): records set aside there and damaged segments; POST /quarantine/redrive re-drives the records",
+                metrics.quarantine_bytes.clone(),
             );
             registry.register(
                 "spool_oldest_record_age_seconds",
@@ -236,6 +244,7 @@ impl Metrics {
         spool.records.set(gauge(status.records));
         spool.bytes.set(gauge(status.bytes));
         spool.limit.set(gauge(status.limit));
+        spool.quarantine_bytes.set(gauge(status.quarantine_bytes));
         spool.oldest_age.set(status.oldest_age.as_secs_f64());
         // The spool counts; these counters catch up with it.
         spool
@@ -464,6 +473,7 @@ impl Health {
                     "last": spool.last_set_aside,
                 },
                 "damagedSegments": spool.damaged_segments,
+                "quarantineBytes": spool.quarantine_bytes,
             },
         }))
     }
@@ -475,10 +485,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
+        .route("/quarantine/redrive", web::post().to(redrive_quarantine))
         .default_service(web::to(|| async {
             HttpResponse::NotFound().json(json!({"error": {
                 "code": "not_found",
-                "message": "the admin port serves GET /healthz, /readyz and /metrics"
+                "message": "the admin port serves GET /healthz, /readyz and /metrics, and POST /quarantine/redrive"
             }}))
         }));
 }
@@ -515,6 +526,45 @@ async fn metrics(metrics: web::Data<Metrics>, health: web::Data<Health>) -> Http
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RedriveQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Re-drives the spool's quarantine (see `crate::spool::quarantine`): 200 with the summary
+/// when it got to the end, 503 with the summary and why it stopped, 404 in kafka mode.
+async fn redrive_quarantine(
+    backend: web::Data<Backend>,
+    normalizer: web::Data<Normalizer>,
+    query: web::Query<RedriveQuery>,
+) -> HttpResponse {
+    let Some(spool) = backend.spool() else {
+        return HttpResponse::NotFound().json(json!({"error": {
+            "code": "no_quarantine",
+            "message": "there is no quarantine: the bridge runs with BRIDGE_ACK_MODE=kafka"
+        }}));
+    };
+    let (summary, result) = spool.redrive_quarantine(&normalizer, query.dry_run).await;
+    tracing::info!(
+        read = summary.read,
+        redriven = summary.redriven,
+        still_failing = summary.still_failing_total(),
+        dry_run = query.dry_run,
+        "Quarantine re-driven"
+    );
+    let mut body = json!(summary);
+    let mut response = match &result {
+        Ok(()) => HttpResponse::Ok(),
+        Err(_) => HttpResponse::ServiceUnavailable(),
+    };
+    if let Some(body) = body.as_object_mut() {
+        body.insert("error".to_owned(), json!(result.err()));
+    }
+    response.json(body)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The seam between normalization and storage: a [`Publisher`] takes a [`Record`] and resolves
 //! once the record is durably stored, or fails within a bounded time. Kafka is one
-//! implementation, the durable spool (which forwards to Kafka) the other; tests plug in fakes.
+//! implementation; tests plug in fakes.
 
 pub mod kafka;
 pub mod refusal;
@@ -93,37 +93,13 @@ pub type PublishFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Stored, PublishError>> + Send + 'a>>;
 
 /// Stores records. `publish` resolves only when the record is durable (or certainly not), and
-/// within a bounded time: it never hangs.
+/// within a bounded time: it never hangs. Lifecycle and health belong to the concrete backend
+/// (see `crate::backend`), not to this seam.
 pub trait Publisher: Send + Sync + 'static {
     fn publish(&self, record: Record) -> PublishFuture<'_>;
-
-    /// Sends everything still queued, waiting at most `timeout`; used on shutdown.
-    fn flush(&self, timeout: Duration) -> Result<(), PublishError>;
-
-    /// Whether the destination can take records for these topics now. Blocks for at most
-    /// `timeout`; readiness calls it from a background task.
-    fn probe(&self, _topics: &[&str], _timeout: Duration) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// An error the publisher could not recover from by itself. Called by the readiness probe,
-    /// so an implementation may repair itself here. Liveness fails on it so the orchestrator
-    /// restarts the process instead of leaving it answering 503 forever.
-    fn fatal_error(&self) -> Option<String> {
-        None
-    }
-
-    /// Records taken but not yet stored, and how many may wait at once.
-    fn queue(&self) -> QueueDepth {
-        QueueDepth::default()
-    }
-
-    /// The spool's state, in spool mode.
-    fn spool(&self) -> Option<crate::spool::SpoolStatus> {
-        None
-    }
 }
 
+/// Records taken but not yet stored, and how many may wait at once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
     pub waiting: usize,

@@ -11,6 +11,7 @@
 //! at least once, same event id, in order.
 
 mod forward;
+mod quarantine;
 
 /// How much the forwarder hands the producer at once (the producer's queue must hold it).
 pub(crate) use forward::{
@@ -29,7 +30,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::SpoolSettings;
 use crate::publish::kafka::KafkaPublisher;
-use crate::publish::{PublishError, PublishFuture, Publisher, QueueDepth, Record, Stored};
+use crate::publish::{PublishError, PublishFuture, Publisher, Record, Stored};
 use log::{AppendError, LogError, Position, SegmentWriter};
 
 /// The largest segment file; smaller spools use a sixteenth of their limit, so that a spool
@@ -47,8 +48,10 @@ const SLOW_COMMIT: Duration = Duration::from_secs(1);
 pub struct SpoolStatus {
     /// Records accepted and not yet acknowledged by Kafka.
     pub records: u64,
-    /// Bytes of the spool's files on disk, counted against the limit.
+    /// Bytes of the spool's files on disk, the quarantine's included, counted against the limit.
     pub bytes: u64,
+    /// Bytes of the quarantine's files: records set aside there, and damaged segments.
+    pub quarantine_bytes: u64,
     pub limit: u64,
     /// Age of the oldest record not yet acknowledged by Kafka.
     pub oldest_age: Duration,
@@ -101,6 +104,8 @@ struct Shared {
     forward_failures: Mutex<Vec<(String, u64)>>,
     set_aside_to_deadletter: AtomicU64,
     set_aside_to_quarantine: AtomicU64,
+    /// Bytes of the quarantine's files, counted in `used` too.
+    quarantine_bytes: AtomicU64,
     last_set_aside: Mutex<Option<String>>,
     /// The end of what is durable; the forwarder follows it.
     committed: watch::Sender<Position>,
@@ -128,6 +133,7 @@ impl Shared {
             forward_failures: Mutex::new(Vec::new()),
             set_aside_to_deadletter: AtomicU64::new(0),
             set_aside_to_quarantine: AtomicU64::new(0),
+            quarantine_bytes: AtomicU64::new(0),
             last_set_aside: Mutex::new(None),
             committed: watch::channel(end).0,
             acknowledged: watch::channel(recovered.start).0,
@@ -193,6 +199,17 @@ impl Shared {
     fn release(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
+
+    /// The quarantine's files grew by `bytes`: they count against the limit like segments.
+    fn grow_quarantine(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        self.quarantine_bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn shrink_quarantine(&self, bytes: u64) {
+        self.release(bytes);
+        self.quarantine_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 struct Append {
@@ -208,6 +225,7 @@ pub struct Spool {
     appends: RwLock<Option<mpsc::Sender<Append>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     forwarder: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+    quarantine: Arc<quarantine::Quarantine>,
     kafka: Arc<KafkaPublisher>,
     max_record_bytes: usize,
 }
@@ -264,6 +282,8 @@ impl Spool {
             &recovered,
             writer.end(),
         ));
+        shared.grow_quarantine(quarantine::bytes_on_disk(&dir));
+        let quarantine = Arc::new(quarantine::Quarantine::new(&dir, shared.clone()));
 
         let (appends, queue) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -282,6 +302,7 @@ impl Spool {
             recovered.start,
             shared.clone(),
             kafka.clone(),
+            quarantine.clone(),
             deadletter,
             max_record_bytes,
         );
@@ -304,6 +325,7 @@ impl Spool {
             appends: RwLock::new(Some(appends)),
             writer: Mutex::new(Some(writer)),
             forwarder: Mutex::new(Some((stop, forwarder))),
+            quarantine,
             kafka,
             max_record_bytes,
         })
@@ -360,6 +382,7 @@ impl Spool {
             forward_failures: lock(&shared.forward_failures).clone(),
             set_aside_to_deadletter: shared.set_aside_to_deadletter.load(Ordering::Acquire),
             set_aside_to_quarantine: shared.set_aside_to_quarantine.load(Ordering::Acquire),
+            quarantine_bytes: shared.quarantine_bytes.load(Ordering::Acquire),
             last_set_aside: lock(&shared.last_set_aside).clone(),
             damaged_segments: shared.set_aside_segments.load(Ordering::Acquire),
             commits: shared.commits.load(Ordering::Acquire),
@@ -387,7 +410,8 @@ impl Spool {
             deadline.into(),
             acknowledged.wait_for(|position| *position >= end),
         )
-        .await;
+        .await
+        .is_ok_and(|caught_up| caught_up.is_ok());
         let forwarder = self
             .forwarder
             .lock()
@@ -397,7 +421,7 @@ impl Spool {
             let _ = stop.send(());
             let _ = tokio::task::spawn_blocking(move || forwarder.join()).await;
         }
-        if matches!(caught_up, Ok(Ok(_))) {
+        if caught_up {
             0
         } else {
             self.shared.records.load(Ordering::Acquire)
@@ -508,10 +532,14 @@ impl Publisher for Spool {
             }
         })
     }
+}
 
-    fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        let deadline = Instant::now() + timeout;
-        let left = tokio::runtime::Handle::current().block_on(self.drain(deadline));
+/// Lifecycle and health, for the backend that owns the spool.
+impl Spool {
+    /// Stops taking records and gives the forwarder until `timeout` to drain the spool; what it
+    /// cannot send stays on disk for the next start.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        let left = self.drain(Instant::now() + timeout).await;
         if left == 0 {
             tracing::info!("Spool drained: Kafka has every record");
             Ok(())
@@ -523,23 +551,19 @@ impl Publisher for Spool {
         }
     }
 
-    fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
+    /// Whether Kafka answers for these topics (the spool itself takes records either way).
+    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
         self.kafka.probe(topics, timeout)
     }
 
-    fn fatal_error(&self) -> Option<String> {
+    /// Why the spool cannot go on without a restart (and its recovery), if it cannot.
+    pub fn fatal_error(&self) -> Option<String> {
         // Both threads run until shutdown takes their handles; one that ended before is a bug
         // that only a restart (and recovery) mends.
-        let writer_ended = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let writer_ended = lock(&self.writer)
             .as_ref()
             .is_some_and(JoinHandle::is_finished);
-        let forwarder_ended = self
-            .forwarder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let forwarder_ended = lock(&self.forwarder)
             .as_ref()
             .is_some_and(|(_, thread)| thread.is_finished());
         self.shared
@@ -549,14 +573,5 @@ impl Publisher for Spool {
             .or_else(|| writer_ended.then(|| "the spool writer stopped".to_owned()))
             .or_else(|| forwarder_ended.then(|| "the spool forwarder stopped".to_owned()))
             .or_else(|| self.kafka.fatal_error())
-    }
-
-    fn queue(&self) -> QueueDepth {
-        // The spool's bound is its size, which readiness checks itself.
-        QueueDepth::default()
-    }
-
-    fn spool(&self) -> Option<SpoolStatus> {
-        Some(self.status())
     }
 }

@@ -9,11 +9,11 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use tokio::sync::Semaphore;
 
+use crate::backend::Backend;
 use crate::config::{AckMode, ConfigError, Settings};
 use crate::event::Normalizer;
 use crate::http::{self, Authenticator, Ingress};
 use crate::ops::{self, Health, Metrics};
-use crate::publish::Publisher;
 use crate::publish::kafka::KafkaPublisher;
 use crate::spool::Spool;
 
@@ -48,7 +48,7 @@ pub struct Application {
     admin_port: u16,
     server: Server,
     admin: Server,
-    publisher: Arc<dyn Publisher>,
+    backend: Backend,
     health: web::Data<Health>,
     metrics: web::Data<Metrics>,
 }
@@ -67,15 +67,12 @@ impl Application {
     /// spool and starts forwarding it.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
         let kafka = kafka_publisher(&settings)?;
-        let publisher = publisher(&settings, kafka)?;
-        Self::with_publisher(settings, publisher)
+        let backend = backend(&settings, kafka)?;
+        Self::with_backend(settings, backend)
     }
 
-    /// Binds both listeners around any publisher (tests use this seam).
-    pub fn with_publisher(
-        settings: Settings,
-        publisher: Arc<dyn Publisher>,
-    ) -> Result<Self, StartupError> {
+    /// Binds both listeners around a backend (tests use this seam with a stand-in).
+    pub fn with_backend(settings: Settings, backend: Backend) -> Result<Self, StartupError> {
         let listen = |variable, addr| {
             TcpListener::bind(addr).map_err(|source| StartupError::Listen {
                 variable,
@@ -92,15 +89,15 @@ impl Application {
             &settings.topics,
             matches!(settings.ack_mode, AckMode::Spool(_)),
         ));
-        let spool_publisher = publisher.clone();
-        let health = web::Data::new(Health::new(
-            matches!(settings.ack_mode, AckMode::Spool(_))
-                .then(|| -> ops::SpoolProbe { Arc::new(move || spool_publisher.spool()) }),
-        ));
+        let spool_backend = backend.clone();
+        let health =
+            web::Data::new(Health::new(backend.spool().is_some().then(
+                || -> ops::SpoolProbe { Arc::new(move || spool_backend.spool_status()) },
+            )));
         let ingress = web::Data::new(Ingress {
             authenticator: Authenticator::new(&settings.auth),
             normalizer: Normalizer::new(settings.topics.clone(), settings.event_source.clone()),
-            publisher: publisher.clone(),
+            publisher: backend.publisher(),
             metrics: metrics.clone().into_inner(),
             max_body_bytes: settings.max_body_bytes,
             body_timeout: settings.request_timeout,
@@ -135,10 +132,17 @@ impl Application {
 
         let admin_health = health.clone();
         let admin_metrics = metrics.clone();
+        let admin_backend = web::Data::new(backend.clone());
+        let admin_normalizer = web::Data::new(Normalizer::new(
+            settings.topics.clone(),
+            settings.event_source.clone(),
+        ));
         let admin = HttpServer::new(move || {
             App::new()
                 .app_data(admin_health.clone())
                 .app_data(admin_metrics.clone())
+                .app_data(admin_backend.clone())
+                .app_data(admin_normalizer.clone())
                 .configure(ops::routes)
         })
         .workers(1)
@@ -158,7 +162,7 @@ impl Application {
             admin_port,
             server,
             admin,
-            publisher,
+            backend,
             health,
             metrics,
         })
@@ -183,7 +187,7 @@ impl Application {
             settings,
             server,
             admin,
-            publisher,
+            backend,
             health,
             metrics,
             ..
@@ -193,7 +197,7 @@ impl Application {
         let mut server = tokio::spawn(server);
         let admin = tokio::spawn(admin);
         let probe = tokio::spawn(probe_kafka(
-            publisher.clone(),
+            backend.clone(),
             settings.clone(),
             health.clone().into_inner(),
             metrics.clone().into_inner(),
@@ -237,11 +241,9 @@ impl Application {
             .shutdown_timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(100));
-        let flushed = tokio::task::spawn_blocking(move || publisher.flush(remaining)).await;
-        match flushed {
-            Ok(Ok(())) => tracing::info!("Producer flushed"),
-            Ok(Err(error)) => tracing::warn!("Flush incomplete: {error}"),
-            Err(error) => tracing::warn!("Flush failed: {error}"),
+        match backend.flush(remaining).await {
+            Ok(()) => tracing::info!("Producer flushed"),
+            Err(error) => tracing::warn!(error = %error, "Flush incomplete"),
         }
         admin_handle.stop(false).await;
         let _ = admin.await;
@@ -265,18 +267,15 @@ pub fn kafka_publisher(settings: &Settings) -> Result<KafkaPublisher, ConfigErro
 
 /// What webhooks are handed to: the producer itself, or in spool mode the spool (recovered
 /// from its directory, its forwarder started) in front of it.
-pub fn publisher(
-    settings: &Settings,
-    kafka: KafkaPublisher,
-) -> Result<Arc<dyn Publisher>, StartupError> {
+pub fn backend(settings: &Settings, kafka: KafkaPublisher) -> Result<Backend, StartupError> {
     Ok(match &settings.ack_mode {
-        AckMode::Kafka => Arc::new(kafka),
-        AckMode::Spool(spool) => Arc::new(Spool::open(
+        AckMode::Kafka => Backend::Kafka(Arc::new(kafka)),
+        AckMode::Spool(spool) => Backend::Spool(Arc::new(Spool::open(
             spool,
             settings.max_body_bytes + LARGEST_EVENT_OVERHEAD,
             kafka,
             settings.topics.deadletter.clone(),
-        )?),
+        )?)),
     })
 }
 
@@ -296,7 +295,7 @@ fn local_port(listener: &TcpListener) -> u16 {
 
 /// Keeps readiness and the Kafka gauges current, logging each change of state once.
 async fn probe_kafka(
-    publisher: Arc<dyn Publisher>,
+    backend: Backend,
     settings: Settings,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -308,23 +307,20 @@ async fn probe_kafka(
         .map(|t| t.to_string())
         .collect();
     loop {
-        let probe_publisher = publisher.clone();
+        let probe_backend = backend.clone();
         let probe_topics = topics.clone();
         let verdict = tokio::task::spawn_blocking(move || {
             let names: Vec<&str> = probe_topics.iter().map(String::as_str).collect();
-            probe_publisher.probe(&names, PROBE_TIMEOUT)
+            probe_backend.probe(&names, PROBE_TIMEOUT)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         metrics.kafka_up.set(i64::from(verdict.is_ok()));
-        if let Some(reason) = publisher
-            .fatal_error()
-            .filter(|_| health.liveness().is_ok())
-        {
+        if let Some(reason) = backend.fatal_error().filter(|_| health.liveness().is_ok()) {
             tracing::error!("Liveness now fails: {reason}");
             health.set_fatal(reason);
         }
-        let queue = publisher.queue();
+        let queue = backend.queue();
         metrics.queue_depth.set(queue.waiting as i64);
         health.set_queue_full(queue.limit > 0 && queue.waiting >= queue.limit * 9 / 10);
         match (&verdict, health.set_kafka(verdict.clone())) {

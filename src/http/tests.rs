@@ -5,7 +5,7 @@ use actix_web::test::TestRequest;
 
 use super::*;
 use crate::config::Settings;
-use crate::publish::{PublishError, PublishFuture, Record};
+use crate::publish::{PublishFuture, Record};
 
 /// A publisher that never answers: a request waits on it until it is dropped.
 struct NeverStored;
@@ -13,10 +13,6 @@ struct NeverStored;
 impl Publisher for NeverStored {
     fn publish(&self, _record: Record) -> PublishFuture<'_> {
         Box::pin(std::future::pending())
-    }
-
-    fn flush(&self, _timeout: Duration) -> Result<(), PublishError> {
-        Ok(())
     }
 }
 

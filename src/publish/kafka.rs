@@ -557,8 +557,12 @@ impl Publisher for KafkaPublisher {
             }
         })
     }
+}
 
-    fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+/// Lifecycle and health, for the backend that owns this producer.
+impl KafkaPublisher {
+    /// Sends everything still queued, waiting at most `timeout`; used on shutdown. Blocks.
+    pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         match self.inner.current() {
             Some(current) => current
                 .producer
@@ -568,7 +572,9 @@ impl Publisher for KafkaPublisher {
         }
     }
 
-    fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
+    /// Whether Kafka can take records for these topics now. Blocks for at most `timeout`;
+    /// readiness calls it from a background task.
+    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
         let current = self
             .inner
             .current()
@@ -597,7 +603,9 @@ impl Publisher for KafkaPublisher {
         }
     }
 
-    fn fatal_error(&self) -> Option<String> {
+    /// An error the producer could not recover from by itself; liveness fails on it. Called by
+    /// the readiness probe, so it repairs a producer librdkafka flagged fatal while idle.
+    pub fn fatal_error(&self) -> Option<String> {
         if let Some(generation) = self.generation() {
             // Repairs a producer librdkafka flagged fatal while idle.
             let current = self.inner.current();
@@ -613,7 +621,8 @@ impl Publisher for KafkaPublisher {
             .clone()
     }
 
-    fn queue(&self) -> QueueDepth {
+    /// Records taken but not yet acknowledged, and how many may wait at once.
+    pub fn queue(&self) -> QueueDepth {
         QueueDepth {
             waiting: self.inner.current().map_or(0, |g| {
                 usize::try_from(g.producer.in_flight_count()).unwrap_or_default()

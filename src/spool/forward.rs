@@ -83,7 +83,7 @@ pub(super) struct Forwarder<S: Sink> {
     sink: Arc<S>,
     deadletter: Arc<str>,
     max_record_bytes: usize,
-    quarantine: std::sync::Mutex<Option<log::SegmentWriter>>,
+    quarantine: Arc<super::quarantine::Quarantine>,
 }
 
 /// What woke the forwarder.
@@ -116,6 +116,7 @@ impl<S: Sink> Forwarder<S> {
         start: Position,
         shared: Arc<Shared>,
         sink: Arc<S>,
+        quarantine: Arc<super::quarantine::Quarantine>,
         deadletter: Arc<str>,
         max_record_bytes: usize,
     ) -> Self {
@@ -126,7 +127,7 @@ impl<S: Sink> Forwarder<S> {
             sink,
             deadletter,
             max_record_bytes,
-            quarantine: std::sync::Mutex::new(None),
+            quarantine,
         }
     }
 
@@ -516,7 +517,7 @@ impl Window {
 }
 
 /// The accept time of a spooled record as a time.
-fn accepted_at(entry: &Entry) -> time::OffsetDateTime {
+pub(super) fn accepted_at(entry: &Entry) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(entry.accepted_ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }

@@ -47,7 +47,7 @@ pub struct Position {
 }
 
 impl Position {
-    fn start_of(segment: u64) -> Self {
+    pub(crate) fn start_of(segment: u64) -> Self {
         Self {
             segment,
             offset: HEADER_LEN,
@@ -366,7 +366,7 @@ fn check_header(path: &Path, file: &mut File) -> Result<bool, LogError> {
 }
 
 /// Makes a directory entry (a created, renamed or removed file) durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -13,6 +13,7 @@ mod ordering;
 mod outage;
 mod process;
 mod records;
+mod redrive;
 mod refusals;
 mod shutdown;
 mod spool;

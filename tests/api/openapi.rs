@@ -128,4 +128,29 @@ async fn spool_mode_answers_match_the_openapi_document() {
     assert_eq!(body["spooled"], true);
     let body = assert_documented("/readyz", "get", app.get_admin("/readyz").await).await;
     assert_eq!(body["mode"], "spool");
+    let redrive = |dry_run: &str| {
+        app.client
+            .post(format!(
+                "{}/quarantine/redrive?dryRun={dry_run}",
+                app.admin_address
+            ))
+            .send()
+    };
+    let path = "/quarantine/redrive";
+    let body = assert_documented(path, "post", redrive("true").await.expect("answer")).await;
+    assert_eq!(body["read"], 0);
+    assert_documented(path, "post", redrive("false").await.expect("answer")).await;
+}
+
+#[tokio::test]
+async fn kafka_mode_has_no_quarantine_as_documented() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(format!("{}/quarantine/redrive", app.admin_address))
+        .send()
+        .await
+        .expect("answer");
+    let body = assert_documented("/quarantine/redrive", "post", response).await;
+    assert_eq!(body["error"]["code"], "no_quarantine");
 }

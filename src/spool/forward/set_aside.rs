@@ -1,10 +1,7 @@
 //! Setting aside a record Kafka refuses for good: to the dead-letter topic in the dead-letter
 //! format when that topic takes it, else to the quarantine under `BRIDGE_SPOOL_DIR`.
 //!
-//! The quarantine (`quarantine/` in the spool directory) holds segment files in the spool's
-//! own format (see [`log`](super::log)): each record is the dead letter that the topic
-//! refused, its value the webhook body exactly as received. Damaged segments recovery set
-//! aside sit beside them as `damaged-at-<offset>-<segment>.seg`.
+//! The quarantine is described in [`quarantine`](crate::spool::quarantine).
 
 use std::time::Duration;
 
@@ -14,7 +11,7 @@ use super::{Forwarder, Sink, accepted_at};
 use crate::event::set_aside::set_aside;
 use crate::publish::Record;
 use crate::publish::refusal::{Refused, Verdict};
-use crate::spool::log::{self, Entry, SegmentWriter};
+use crate::spool::log::Entry;
 
 /// How long a dead letter may take to be acknowledged before the attempt counts as failed.
 const DEAD_LETTER_WAIT: Duration = Duration::from_secs(30);
@@ -63,7 +60,8 @@ impl<S: Sink> Forwarder<S> {
                 // The gapless producer failed as a whole on that refusal.
                 self.sink
                     .replace(generation, "the dead-letter topic refused a record");
-                self.quarantine(&letter, entry.accepted_ms)
+                self.quarantine
+                    .append(&[(&letter, entry.accepted_ms)])
                     .map_err(NotSetAside::Failed)?;
                 SetAsideTo::Quarantine
             }
@@ -107,48 +105,4 @@ impl<S: Sink> Forwarder<S> {
             },
         }
     }
-
-    /// Appends `letter` to the quarantine, durably.
-    fn quarantine(&self, letter: &Record, accepted_ms: u64) -> Result<(), String> {
-        let dir = self.dir.join(log::QUARANTINE);
-        let mut writer = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
-        if writer.is_none() {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            *writer = Some(SegmentWriter::new(
-                &dir,
-                next_quarantine_segment(&dir),
-                u64::MAX,
-            ));
-        }
-        let Some(writer) = writer.as_mut() else {
-            return Err("no quarantine writer".to_owned());
-        };
-        writer
-            .append(&log::encode(letter, accepted_ms))
-            .map(drop)
-            .map_err(|error| {
-                format!(
-                    "the quarantine at {} cannot be written: {error}",
-                    dir.display()
-                )
-            })
-    }
-}
-
-/// One past the newest quarantine segment, so a restart never appends to an old one.
-fn next_quarantine_segment(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()?
-                .strip_suffix(".seg")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |newest| newest + 1)
 }

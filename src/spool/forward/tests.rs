@@ -244,6 +244,10 @@ impl Harness {
             recovered.start,
             shared.clone(),
             sink.clone(),
+            Arc::new(crate::spool::quarantine::Quarantine::new(
+                &dir,
+                shared.clone(),
+            )),
             Arc::from(DEADLETTER),
             1 << 20,
         );

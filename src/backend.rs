@@ -1,0 +1,116 @@
+//! What webhooks are stored through, with its lifecycle and health: the Kafka producer, or in
+//! spool mode the spool in front of it. Startup owns it; requests only see its
+//! [`Publisher`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::publish::kafka::KafkaPublisher;
+use crate::publish::{PublishError, Publisher, QueueDepth};
+use crate::spool::{Spool, SpoolStatus};
+
+/// Kafka's state as a stand-in backend reports it.
+pub type KafkaProbe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The backend a bridge runs on.
+#[derive(Clone)]
+pub enum Backend {
+    /// `BRIDGE_ACK_MODE=kafka`: the producer answers each request.
+    Kafka(Arc<KafkaPublisher>),
+    /// `BRIDGE_ACK_MODE=spool`: the spool answers, its forwarder feeds Kafka.
+    Spool(Arc<Spool>),
+    /// Any publisher, with Kafka's state as `kafka` says: tests, and embedding the bridge in
+    /// front of something else.
+    Custom {
+        publisher: Arc<dyn Publisher>,
+        kafka: KafkaProbe,
+    },
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Kafka(kafka) => f.debug_tuple("Kafka").field(kafka).finish(),
+            Backend::Spool(spool) => f.debug_tuple("Spool").field(spool).finish(),
+            Backend::Custom { .. } => f.write_str("Custom"),
+        }
+    }
+}
+
+impl Backend {
+    /// A stand-in backend around `publisher`, with Kafka reachable.
+    pub fn custom(publisher: Arc<dyn Publisher>) -> Self {
+        Backend::Custom {
+            publisher,
+            kafka: Arc::new(|| Ok(())),
+        }
+    }
+
+    /// What requests hand their records to.
+    pub fn publisher(&self) -> Arc<dyn Publisher> {
+        match self {
+            Backend::Kafka(kafka) => kafka.clone(),
+            Backend::Spool(spool) => spool.clone(),
+            Backend::Custom { publisher, .. } => publisher.clone(),
+        }
+    }
+
+    /// Whether Kafka can take records for these topics now. Blocks for at most `timeout`.
+    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
+        match self {
+            Backend::Kafka(kafka) => kafka.probe(topics, timeout),
+            Backend::Spool(spool) => spool.probe(topics, timeout),
+            Backend::Custom { kafka, .. } => kafka(),
+        }
+    }
+
+    /// An error the backend cannot recover from by itself: liveness fails on it, so the
+    /// orchestrator restarts the process instead of leaving it answering 503 forever.
+    pub fn fatal_error(&self) -> Option<String> {
+        match self {
+            Backend::Kafka(kafka) => kafka.fatal_error(),
+            Backend::Spool(spool) => spool.fatal_error(),
+            Backend::Custom { .. } => None,
+        }
+    }
+
+    /// Records taken but not yet stored, and how many may wait at once. The spool's bound is
+    /// its size, which readiness checks itself.
+    pub fn queue(&self) -> QueueDepth {
+        match self {
+            Backend::Kafka(kafka) => kafka.queue(),
+            Backend::Spool(_) | Backend::Custom { .. } => QueueDepth::default(),
+        }
+    }
+
+    /// The spool's state, in spool mode.
+    pub fn spool_status(&self) -> Option<SpoolStatus> {
+        match self {
+            Backend::Spool(spool) => Some(spool.status()),
+            _ => None,
+        }
+    }
+
+    /// The spool, in spool mode.
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        match self {
+            Backend::Spool(spool) => Some(spool),
+            _ => None,
+        }
+    }
+
+    /// Sends what is still queued (kafka mode) or drains the spool (spool mode), within
+    /// `timeout`; the last step of shutdown.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        match self {
+            Backend::Kafka(kafka) => {
+                let kafka = kafka.clone();
+                tokio::task::spawn_blocking(move || kafka.flush(timeout))
+                    .await
+                    .unwrap_or_else(|error| Err(PublishError::Failed(error.to_string())))
+            }
+            Backend::Spool(spool) => spool.flush(timeout).await,
+            Backend::Custom { .. } => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The quarantine (`quarantine/` in the spool directory): where records go that Kafka refused
+//! for good and the dead-letter topic refused too, and where recovery copies damaged segments.
+//!
+//! Set-aside records are dead letters (the webhook body exactly as received, headers saying
+//! why) in segment files of the spool's own format, `<n>.seg`. Damaged segments sit beside
+//! them as `damaged-at-<offset>-<segment>.seg`, for inspection only: the records before the
+//! damage stayed in the spool, so they are never re-driven from here.
+//!
+//! The quarantine's files count against `BRIDGE_SPOOL_MAX_BYTES`: a quarantine that keeps
+//! growing fills the spool instead of the volume. The running bridge re-drives it on request
+//! (`POST /quarantine/redrive` on the admin port): each body is normalized again and what
+//! normalizes is appended to the spool (fsynced) before its dead letter leaves the
+//! quarantine, so a crash in between re-drives it twice, under the same event id.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::log::{self, Entry, Position, SegmentReader, SegmentWriter};
+use super::{Shared, Spool, lock};
+use crate::event::Normalizer;
+use crate::publish::{Publisher, Record};
+use crate::redrive::{Summary, refusal_code, renormalize};
+
+#[derive(Debug)]
+pub(super) struct Quarantine {
+    dir: PathBuf,
+    /// The file records are appended to; closed by a re-drive, so that it handles only
+    /// files nothing writes to any more.
+    writer: Mutex<Option<SegmentWriter>>,
+    shared: Arc<Shared>,
+}
+
+impl Quarantine {
+    pub(super) fn new(spool_dir: &Path, shared: Arc<Shared>) -> Self {
+        Self {
+            dir: spool_dir.join(log::QUARANTINE),
+            writer: Mutex::new(None),
+            shared,
+        }
+    }
+
+    /// Appends `letters` durably, each with when the spool accepted it.
+    pub(super) fn append(&self, letters: &[(&Record, u64)]) -> Result<(), String> {
+        let mut writer = lock(&self.writer);
+        if writer.is_none() {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+            *writer = Some(SegmentWriter::new(
+                &self.dir,
+                next_segment(&self.dir),
+                u64::MAX,
+            ));
+        }
+        let Some(writer) = writer.as_mut() else {
+            return Err("no quarantine writer".to_owned());
+        };
+        let frames: Vec<u8> = letters
+            .iter()
+            .flat_map(|(letter, accepted_ms)| log::encode(letter, *accepted_ms))
+            .collect();
+        let (_, grown) = writer.append(&frames).map_err(|error| {
+            format!(
+                "the quarantine at {} cannot be written: {error}",
+                self.dir.display()
+            )
+        })?;
+        self.shared.grow_quarantine(grown);
+        Ok(())
+    }
+
+    /// Closes the file being written and lists the set-aside files, oldest first.
+    fn seal(&self) -> Vec<(u64, PathBuf)> {
+        lock(&self.writer).take();
+        let mut files: Vec<(u64, PathBuf)> = segments(&self.dir).collect();
+        files.sort_unstable();
+        files
+    }
+
+    /// Removes `path`, whose records are re-driven or appended again.
+    fn remove(&self, path: &Path) -> Result<(), String> {
+        let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let _ = log::sync_dir(&self.dir);
+        self.shared.shrink_quarantine(bytes);
+        Ok(())
+    }
+
+    /// Marks `path` as damaged at `offset`: kept for inspection, never read again.
+    fn set_damaged(&self, path: &Path, segment: u64, offset: u64) {
+        let to = self
+            .dir
+            .join(format!("damaged-at-{offset}-{segment:020}.seg"));
+        if let Err(error) = std::fs::rename(path, &to) {
+            tracing::error!(error = %error, file = %path.display(), "Cannot mark a damaged quarantine file");
+        }
+    }
+}
+
+/// Bytes of every file in the quarantine under `spool_dir`.
+pub(super) fn bytes_on_disk(spool_dir: &Path) -> u64 {
+    std::fs::read_dir(spool_dir.join(log::QUARANTINE))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(|metadata| metadata.is_file())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
+/// The set-aside segment files in `dir`, by number.
+fn segments(dir: &Path) -> impl Iterator<Item = (u64, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let number = entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse::<u64>()
+                .ok()?;
+            Some((number, entry.path()))
+        })
+}
+
+/// One past the newest quarantine segment, so a restart never appends to an old one.
+fn next_segment(dir: &Path) -> u64 {
+    segments(dir)
+        .map(|(n, _)| n)
+        .max()
+        .map_or(0, |newest| newest + 1)
+}
+
+/// The records of one quarantine file, and where it is damaged if it is. A torn tail is
+/// damage too here: the set-aside it belonged to never finished, so the forwarder sets that
+/// record aside again.
+fn read(dir: &Path, segment: u64, path: &Path) -> (Vec<Entry>, Option<u64>) {
+    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    let end = Position {
+        segment,
+        offset: len,
+    };
+    let mut reader = SegmentReader::new(dir, Position::start_of(segment));
+    let mut entries = Vec::new();
+    loop {
+        match reader.next(end) {
+            Ok(Some((entry, _))) => entries.push(entry),
+            Ok(None) => return (entries, None),
+            Err(_) => return (entries, Some(reader.position().offset)),
+        }
+    }
+}
+
+impl Spool {
+    /// Re-drives the quarantine: every body that normalizes today goes into the spool (and on
+    /// to Kafka, in order behind what is already spooled); what still fails stays in the
+    /// quarantine. A dry run changes nothing and counts what would happen. Stops at the first
+    /// record the spool cannot take for now (full), keeping it and everything after it.
+    pub async fn redrive_quarantine(
+        &self,
+        normalizer: &Normalizer,
+        dry_run: bool,
+    ) -> (Summary, Result<(), String>) {
+        let quarantine = &self.quarantine;
+        let mut summary = Summary::default();
+        for (segment, path) in quarantine.seal() {
+            let (entries, damaged) = read(&quarantine.dir, segment, &path);
+            let mut kept: Vec<Entry> = Vec::new();
+            let mut stopped = None;
+            for entry in entries {
+                if stopped.is_some() {
+                    kept.push(entry);
+                    continue;
+                }
+                summary.read += 1;
+                let accepted = super::forward::accepted_at(&entry);
+                match renormalize(normalizer, &entry.record, accepted) {
+                    Err(code) => {
+                        summary.fail(code);
+                        kept.push(entry);
+                    }
+                    Ok(_) if dry_run => {
+                        summary.redriven += 1;
+                    }
+                    Ok(event) => match self.publish(event).await {
+                        Ok(_) => summary.redriven += 1,
+                        Err(error) => match refusal_code(&error) {
+                            Some(code) => {
+                                summary.fail(code);
+                                kept.push(entry);
+                            }
+                            None => {
+                                summary.read -= 1;
+                                stopped = Some(format!("the spool took no more: {error}"));
+                                kept.push(entry);
+                            }
+                        },
+                    },
+                }
+            }
+            if dry_run {
+                continue;
+            }
+            if let Some(offset) = damaged {
+                tracing::error!(
+                    file = %path.display(),
+                    offset,
+                    "Quarantine file damaged; the records before the damage were re-driven or kept, the file is kept for inspection"
+                );
+            }
+            let rest: Vec<(&Record, u64)> =
+                kept.iter().map(|e| (&e.record, e.accepted_ms)).collect();
+            let result = match rest.is_empty() {
+                true => Ok(()),
+                false => quarantine.append(&rest),
+            };
+            let result = result.and_then(|()| match damaged {
+                Some(offset) => {
+                    quarantine.set_damaged(&path, segment, offset);
+                    Ok(())
+                }
+                None => quarantine.remove(&path),
+            });
+            if let Err(error) = result {
+                return (summary, Err(error));
+            }
+            if let Some(error) = stopped {
+                return (summary, Err(error));
+            }
+        }
+        (summary, Ok(()))
+    }
+}
