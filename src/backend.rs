@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::publish::kafka::KafkaPublisher;
+use crate::publish::kafka::{KafkaPublisher, KafkaUnusable};
 use crate::publish::{PublishError, Publisher, QueueDepth};
 use crate::spool::{Spool, SpoolStatus};
 
@@ -56,11 +56,11 @@ impl Backend {
     }
 
     /// Whether Kafka can take records for these topics now. Blocks for at most `timeout`.
-    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
+    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), KafkaUnusable> {
         match self {
             Backend::Kafka(kafka) => kafka.probe(topics, timeout),
             Backend::Spool(spool) => spool.probe(topics, timeout),
-            Backend::Custom { kafka, .. } => kafka(),
+            Backend::Custom { kafka, .. } => kafka().map_err(KafkaUnusable::Unreachable),
         }
     }
 

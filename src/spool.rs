@@ -552,7 +552,11 @@ impl Spool {
     }
 
     /// Whether Kafka answers for these topics (the spool itself takes records either way).
-    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
+    pub fn probe(
+        &self,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> Result<(), crate::publish::kafka::KafkaUnusable> {
         self.kafka.probe(topics, timeout)
     }
 

@@ -14,7 +14,7 @@ use crate::config::{AckMode, ConfigError, Settings};
 use crate::event::Normalizer;
 use crate::http::{self, Authenticator, Ingress};
 use crate::ops::{self, Health, Metrics};
-use crate::publish::kafka::KafkaPublisher;
+use crate::publish::kafka::{KafkaPublisher, KafkaUnusable};
 use crate::spool::Spool;
 
 /// What normalization adds to a body at most (headers and the event's own fields), for the
@@ -286,7 +286,9 @@ pub fn check_kafka(settings: &Settings, timeout: Duration) -> Result<(), Startup
     let topics: Vec<&str> = settings.topics.all().iter().map(|t| &***t).collect();
     publisher
         .probe(&topics, timeout)
-        .map_err(|reason| StartupError::Kafka { reason })
+        .map_err(|reason| StartupError::Kafka {
+            reason: reason.to_string(),
+        })
 }
 
 fn local_port(listener: &TcpListener) -> u16 {
@@ -314,7 +316,7 @@ async fn probe_kafka(
             probe_backend.probe(&names, PROBE_TIMEOUT)
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(|e| Err(KafkaUnusable::Unreachable(e.to_string())));
         metrics.kafka_up.set(i64::from(verdict.is_ok()));
         if let Some(reason) = backend.fatal_error().filter(|_| health.liveness().is_ok()) {
             tracing::error!("Liveness now fails: {reason}");

@@ -79,6 +79,17 @@ pub fn client_config(kafka: &KafkaSettings, publish_timeout: Duration) -> Client
     config
 }
 
+/// Why Kafka cannot take records now, as the readiness probe found it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KafkaUnusable {
+    #[error("Kafka is not reachable: {0}")]
+    Unreachable(String),
+    #[error("topics do not exist: {}", .0.join(", "))]
+    TopicsMissing(Vec<String>),
+    #[error("the Kafka producer is being replaced")]
+    Replacing,
+}
+
 /// What librdkafka reported for one record: where it landed, or why not.
 pub type Outcome = Result<Acked, Refused>;
 
@@ -574,32 +585,28 @@ impl KafkaPublisher {
 
     /// Whether Kafka can take records for these topics now. Blocks for at most `timeout`;
     /// readiness calls it from a background task.
-    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
-        let current = self
-            .inner
-            .current()
-            .ok_or_else(|| "the Kafka producer is being replaced".to_owned())?;
+    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), KafkaUnusable> {
+        let current = self.inner.current().ok_or(KafkaUnusable::Replacing)?;
         let metadata = current
             .producer
             .client()
             .fetch_metadata(None, timeout)
-            .map_err(|error| format!("Kafka is not reachable: {error}"))?;
+            .map_err(|error| KafkaUnusable::Unreachable(error.to_string()))?;
         drop(current);
-        let missing: Vec<&str> = topics
+        let missing: Vec<String> = topics
             .iter()
-            .copied()
+            .map(|name| (*name).to_owned())
             .filter(|name| {
-                !metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == *name && t.error().is_none() && !t.partitions().is_empty())
+                !metadata.topics().iter().any(|t| {
+                    t.name() == name.as_str() && t.error().is_none() && !t.partitions().is_empty()
+                })
             })
             .collect();
         self.replace_if_stuck();
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(format!("topics do not exist: {}", missing.join(", ")))
+            Err(KafkaUnusable::TopicsMissing(missing))
         }
     }
 

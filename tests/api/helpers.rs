@@ -16,11 +16,7 @@ use tokio::sync::oneshot;
 pub const TOKEN: &str = "integration-test-token-0123456789";
 pub const PARTITIONS: i32 = 4;
 
-pub const SEED: &str = r#"{"objectId": "c1KjTsOhDP", "resource": "Message", "event": "CREATE", "timestamp": 1681825655283,
- "payload": {"chat": {"className": "Chat", "objectId": "dE5fgIIi8o"}, "platform": "WAB-OMNICHAT",
-   "status": "INCOMING_RECEIVED", "system": false, "type": "TEXT", "text": "bom dia",
-   "createdAt": "2023-04-18T13:47:35.255Z", "updatedAt": "2023-04-18T13:47:35.255Z",
-   "objectId": "c1KjTsOhDP"}}"#;
+pub const SEED: &str = include_str!("../fixtures/seed-message.json");
 
 /// The broker the test script started.
 pub fn bootstrap() -> String {

@@ -4,11 +4,8 @@
 mod helpers;
 
 mod delivery;
-mod docs;
 mod faults;
 mod ingress;
-mod limits;
-mod openapi;
 mod ordering;
 mod outage;
 mod process;

@@ -4,6 +4,7 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn the_seed_webhook_becomes_a_keyed_cloudevent_on_the_messages_topic() {
     let app = spawn_app().await;
     app.wait_ready().await;
@@ -39,6 +40,7 @@ async fn the_seed_webhook_becomes_a_keyed_cloudevent_on_the_messages_topic() {
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn each_resource_goes_to_its_topic_keyed_by_object() {
     let app = spawn_app().await;
     app.wait_ready().await;
@@ -80,6 +82,7 @@ async fn each_resource_goes_to_its_topic_keyed_by_object() {
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn keys_spread_over_partitions_exactly_as_kafkas_java_partitioner_would() {
     let app = spawn_app().await;
     app.wait_ready().await;
@@ -102,6 +105,7 @@ async fn keys_spread_over_partitions_exactly_as_kafkas_java_partitioner_would() 
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn copies_traceparent_and_unknown_values_through() {
     let app = spawn_app().await;
     app.wait_ready().await;
@@ -129,6 +133,7 @@ async fn copies_traceparent_and_unknown_values_through() {
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn a_redelivered_webhook_keeps_its_event_id() {
     let app = spawn_app().await;
     app.wait_ready().await;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn every_202_given_under_load_is_in_kafka_after_shutdown() {
     let mut app = spawn_app().await;
     app.wait_ready().await;
@@ -21,6 +22,7 @@ async fn every_202_given_under_load_is_in_kafka_after_shutdown() {
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn during_the_shutdown_delay_it_is_not_ready_but_still_serves() {
     let mut app = spawn_app_with(&[("BRIDGE_SHUTDOWN_DELAY_MS", "1500")]).await;
     app.wait_ready().await;

@@ -7,6 +7,7 @@ use crate::helpers::*;
 use crate::outage::{ProxiedBroker, proxied_broker};
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn spooled_events_reach_kafka_in_order_with_the_same_records_as_kafka_mode() {
     let dir = spool_dir();
     let vars = spool_vars(&dir);
@@ -59,6 +60,7 @@ async fn spooled_events_reach_kafka_in_order_with_the_same_records_as_kafka_mode
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn during_an_outage_the_spool_accepts_and_then_drains_in_order() {
     let ProxiedBroker {
         broker: _broker,
@@ -180,6 +182,7 @@ async fn a_full_spool_answers_503_with_retry_after_and_readiness_says_so() {
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn a_record_larger_than_kafka_takes_is_refused_before_it_is_spooled() {
     let dir = spool_dir();
     let mut vars = spool_vars(&dir);
@@ -201,6 +204,7 @@ async fn a_record_larger_than_kafka_takes_is_refused_before_it_is_spooled() {
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn what_a_stop_during_an_outage_leaves_spooled_is_forwarded_first_on_the_next_start() {
     let ProxiedBroker {
         broker: _broker,
@@ -242,6 +246,7 @@ async fn what_a_stop_during_an_outage_leaves_spooled_is_forwarded_first_on_the_n
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn a_clean_stop_with_kafka_up_drains_the_spool() {
     let dir = spool_dir();
     let vars = spool_vars(&dir);

@@ -86,11 +86,13 @@ async fn posts_at_the_size_limit_are_stored_or_413(spool: bool) {
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn in_kafka_mode_posts_at_the_size_limit_are_stored_or_413() {
     posts_at_the_size_limit_are_stored_or_413(false).await;
 }
 
 #[tokio::test]
+#[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn in_spool_mode_posts_at_the_size_limit_are_stored_or_413_and_nothing_wedges() {
     posts_at_the_size_limit_are_stored_or_413(true).await;
 }

@@ -1,11 +1,9 @@
-//! Operations: liveness, readiness and Prometheus metrics on the admin port, never the public
-//! one.
+//! The bridge's Prometheus metrics (OpenMetrics text on `/metrics`). Labels a sender could
+//! invent (resources, events) are bounded to the documented values and `other`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,11 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use serde_json::json;
 
-use crate::backend::Backend;
 use crate::config::Topics;
-use crate::event::Normalizer;
 use crate::omnichat::{Action, Resource};
 use crate::spool::SpoolStatus;
 
@@ -343,229 +338,6 @@ impl Metrics {
 }
 
 /// Reads the spool's status when readiness or metrics are asked for.
-pub type SpoolProbe = Arc<dyn Fn() -> Option<SpoolStatus> + Send + Sync>;
-
-/// What readiness is decided from.
-pub struct Health {
-    draining: AtomicBool,
-    /// The last probe's verdict on Kafka: `None` until the first probe finishes.
-    kafka: Mutex<Option<Result<(), String>>>,
-    queue_full: AtomicBool,
-    fatal: Mutex<Option<String>>,
-    /// In spool mode, where the spool's status comes from: readiness then depends on its
-    /// room, not on Kafka.
-    spool: Option<SpoolProbe>,
-}
-
-impl std::fmt::Debug for Health {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Health")
-            .field("draining", &self.draining)
-            .field("kafka", &self.kafka)
-            .field("spool", &self.spool_status())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Self::new(None)
-    }
-}
-
-impl Health {
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-
-    /// Records a probe result; returns whether the verdict changed, so it is logged once.
-    pub fn set_kafka(&self, verdict: Result<(), String>) -> bool {
-        let mut kafka = self.kafka.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = kafka.as_ref().map(Result::is_ok) != Some(verdict.is_ok());
-        *kafka = Some(verdict);
-        changed
-    }
-
-    pub fn set_queue_full(&self, full: bool) {
-        self.queue_full.store(full, Ordering::SeqCst);
-    }
-
-    /// `spool` is given in spool mode.
-    pub fn new(spool: Option<SpoolProbe>) -> Self {
-        Self {
-            draining: AtomicBool::new(false),
-            kafka: Mutex::new(None),
-            queue_full: AtomicBool::new(false),
-            fatal: Mutex::new(None),
-            spool,
-        }
-    }
-
-    /// The spool's status now, in spool mode.
-    pub fn spool_status(&self) -> Option<SpoolStatus> {
-        self.spool.as_ref().and_then(|probe| probe())
-    }
-
-    pub fn set_fatal(&self, reason: String) {
-        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-    }
-
-    /// `Ok` while the process can still do its job; else why it must be restarted.
-    pub fn liveness(&self) -> Result<(), String> {
-        match &*self.fatal.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(reason) => Err(reason.clone()),
-            None => Ok(()),
-        }
-    }
-
-    /// `Ok` when the bridge should get traffic, else the reason it should not. In spool mode
-    /// that is while the spool has room, whether Kafka is reachable or not.
-    pub fn readiness(&self) -> Result<(), String> {
-        self.liveness()?;
-        if self.is_draining() {
-            return Err("shutting down".to_owned());
-        }
-        if let Some(spool) = self.spool_status() {
-            return if spool.has_room {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the spool is full ({} of {} bytes) until Kafka takes the backlog",
-                    spool.bytes, spool.limit
-                ))
-            };
-        }
-        if self.queue_full.load(Ordering::SeqCst) {
-            return Err("the producer queue is at its limit".to_owned());
-        }
-        match &*self.kafka.lock().unwrap_or_else(|e| e.into_inner()) {
-            None => Err("Kafka has not been probed yet".to_owned()),
-            Some(verdict) => verdict.clone(),
-        }
-    }
-
-    /// What readiness reports besides its verdict: in spool mode, Kafka's state and the
-    /// spool's, since the bridge is ready while Kafka is away.
-    pub fn details(&self) -> Option<serde_json::Value> {
-        let spool = self.spool_status()?;
-        let kafka = match &*self.kafka.lock().unwrap_or_else(|e| e.into_inner()) {
-            None => "not probed yet".to_owned(),
-            Some(Ok(())) => "reachable".to_owned(),
-            Some(Err(reason)) => reason.clone(),
-        };
-        Some(json!({
-            "mode": "spool",
-            "kafka": kafka,
-            "spool": {
-                "records": spool.records,
-                "bytes": spool.bytes,
-                "limitBytes": spool.limit,
-                "oldestRecordAgeSeconds": spool.oldest_age.as_secs_f64(),
-                "forwarded": spool.forwarded,
-                "forwardError": spool.forward_error,
-                "setAside": {
-                    "toDeadLetterTopic": spool.set_aside_to_deadletter,
-                    "toQuarantine": spool.set_aside_to_quarantine,
-                    "last": spool.last_set_aside,
-                },
-                "damagedSegments": spool.damaged_segments,
-                "quarantineBytes": spool.quarantine_bytes,
-            },
-        }))
-    }
-}
-
-/// Registers the admin routes.
-pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/quarantine/redrive", web::post().to(redrive_quarantine))
-        .default_service(web::to(|| async {
-            HttpResponse::NotFound().json(json!({"error": {
-                "code": "not_found",
-                "message": "the admin port serves GET /healthz, /readyz and /metrics, and POST /quarantine/redrive"
-            }}))
-        }));
-}
-
-async fn healthz(health: web::Data<Health>) -> HttpResponse {
-    match health.liveness() {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "alive"})),
-        Err(reason) => {
-            HttpResponse::ServiceUnavailable().json(json!({"status": "failed", "reason": reason}))
-        }
-    }
-}
-
-async fn readyz(health: web::Data<Health>) -> HttpResponse {
-    let (mut response, mut body) = match health.readiness() {
-        Ok(()) => (HttpResponse::Ok(), json!({"status": "ready"})),
-        Err(reason) => (
-            HttpResponse::ServiceUnavailable(),
-            json!({"status": "not_ready", "reason": reason}),
-        ),
-    };
-    if let (Some(details), Some(body)) = (health.details(), body.as_object_mut())
-        && let Some(details) = details.as_object()
-    {
-        body.extend(details.clone());
-    }
-    response.json(body)
-}
-
-async fn metrics(metrics: web::Data<Metrics>, health: web::Data<Health>) -> HttpResponse {
-    if let Some(spool) = health.spool_status() {
-        metrics.observe_spool(&spool);
-    }
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(metrics.render())
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RedriveQuery {
-    #[serde(default)]
-    dry_run: bool,
-}
-
-/// Re-drives the spool's quarantine (see `crate::spool::quarantine`): 200 with the summary
-/// when it got to the end, 503 with the summary and why it stopped, 404 in kafka mode.
-async fn redrive_quarantine(
-    backend: web::Data<Backend>,
-    normalizer: web::Data<Normalizer>,
-    query: web::Query<RedriveQuery>,
-) -> HttpResponse {
-    let Some(spool) = backend.spool() else {
-        return HttpResponse::NotFound().json(json!({"error": {
-            "code": "no_quarantine",
-            "message": "there is no quarantine: the bridge runs with BRIDGE_ACK_MODE=kafka"
-        }}));
-    };
-    let (summary, result) = spool.redrive_quarantine(&normalizer, query.dry_run).await;
-    tracing::info!(
-        read = summary.read,
-        redriven = summary.redriven,
-        still_failing = summary.still_failing_total(),
-        dry_run = query.dry_run,
-        "Quarantine re-driven"
-    );
-    let mut body = json!(summary);
-    let mut response = match &result {
-        Ok(()) => HttpResponse::Ok(),
-        Err(_) => HttpResponse::ServiceUnavailable(),
-    };
-    if let Some(body) = body.as_object_mut() {
-        body.insert("error".to_owned(), json!(result.err()));
-    }
-    response.json(body)
-}
 
 #[cfg(test)]
 mod tests {
@@ -597,60 +369,5 @@ mod tests {
         );
         assert!(after.contains("resource=\"other\""), "{after}");
         assert!(!after.contains("Made-up"), "{after}");
-    }
-
-    #[test]
-    fn ready_only_when_kafka_is_probed_usable_and_not_draining() {
-        let health = Health::default();
-        assert!(
-            health.readiness().is_err(),
-            "not ready before the first probe"
-        );
-        assert!(health.set_kafka(Ok(())), "first verdict is a change");
-        assert_eq!(health.readiness(), Ok(()));
-        assert!(!health.set_kafka(Ok(())), "same verdict is not a change");
-        assert!(health.set_kafka(Err("topics do not exist: a".into())));
-        assert_eq!(health.readiness(), Err("topics do not exist: a".into()));
-        health.set_kafka(Ok(()));
-        health.set_queue_full(true);
-        assert!(health.readiness().is_err());
-        health.set_queue_full(false);
-        health.start_draining();
-        assert_eq!(health.readiness(), Err("shutting down".into()));
-        assert_eq!(health.liveness(), Ok(()), "draining is alive");
-    }
-
-    #[test]
-    fn in_spool_mode_ready_while_the_spool_has_room_whatever_kafka_says() {
-        let status = Arc::new(Mutex::new(SpoolStatus {
-            has_room: true,
-            limit: 100,
-            ..SpoolStatus::default()
-        }));
-        let source = status.clone();
-        let health = Health::new(Some(Arc::new(move || {
-            Some(source.lock().expect("status").clone())
-        })));
-        assert_eq!(health.readiness(), Ok(()), "no need to wait for Kafka");
-        health.set_kafka(Err("Kafka is not reachable".into()));
-        assert_eq!(health.readiness(), Ok(()));
-        let details = health.details().expect("spool details");
-        assert_eq!(details["mode"], "spool");
-        assert_eq!(details["kafka"], "Kafka is not reachable");
-        status.lock().expect("status").has_room = false;
-        let reason = health.readiness().expect_err("full");
-        assert!(reason.contains("spool is full"), "{reason}");
-        status.lock().expect("status").has_room = true;
-        health.start_draining();
-        assert_eq!(health.readiness(), Err("shutting down".into()));
-    }
-
-    #[test]
-    fn a_fatal_producer_error_fails_liveness_and_readiness() {
-        let health = Health::default();
-        health.set_kafka(Ok(()));
-        health.set_fatal("Fatal: out of order sequence".into());
-        assert!(health.liveness().is_err());
-        assert!(health.readiness().is_err());
     }
 }

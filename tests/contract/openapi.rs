@@ -5,7 +5,9 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use omnichat_bridge::publish::PublishError;
+
+use crate::app::*;
 
 fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
@@ -50,8 +52,8 @@ async fn assert_documented(path: &str, method: &str, response: reqwest::Response
 
 #[tokio::test]
 async fn every_answer_of_the_ingress_matches_the_openapi_document() {
-    let app = spawn_app_with(&[("BRIDGE_MAX_BODY_BYTES", "2048")]).await;
-    app.wait_ready().await;
+    let app = spawn(&[("BRIDGE_MAX_BODY_BYTES", "2048")]).await;
+    app.wait_readiness(200).await;
     let path = "/webhooks/omnichat";
     assert_documented(path, "post", app.post(SEED).await).await;
     assert_documented(path, "post", app.post("{oops").await).await;
@@ -89,9 +91,9 @@ async fn every_answer_of_the_ingress_matches_the_openapi_document() {
         .expect("sent");
     assert_documented(path, "post", missing).await;
     for admin in ["/healthz", "/readyz"] {
-        assert_documented(admin, "get", app.get_admin(admin).await).await;
+        assert_documented(admin, "get", app.admin(admin).await).await;
     }
-    let metrics = app.get_admin("/metrics").await;
+    let metrics = app.admin("/metrics").await;
     assert_eq!(metrics.status(), 200);
     assert!(
         metrics.headers()["content-type"]
@@ -104,29 +106,31 @@ async fn every_answer_of_the_ingress_matches_the_openapi_document() {
 
 #[tokio::test]
 async fn the_unavailable_answers_match_the_openapi_document() {
-    let port = free_port();
-    let app = spawn_app_on(
-        &format!("127.0.0.1:{port}"),
-        TestTopics::new(),
-        &[("BRIDGE_PUBLISH_TIMEOUT_MS", "500")],
-    )
-    .await;
+    let app = spawn(&[]).await;
+    app.recorder.script([Answer::Fail(PublishError::Timeout(
+        std::time::Duration::from_millis(500),
+    ))]);
+    *app.kafka.lock().expect("kafka") = Err("Kafka is not reachable".into());
     let body = assert_documented("/webhooks/omnichat", "post", app.post(SEED).await).await;
     assert_eq!(body["error"]["code"], "publish_timeout");
-    let body = assert_documented("/readyz", "get", app.get_admin("/readyz").await).await;
+    app.wait_readiness(503).await;
+    let body = assert_documented("/readyz", "get", app.admin("/readyz").await).await;
     assert_eq!(body["status"], "not_ready");
 }
 
 #[tokio::test]
 async fn spool_mode_answers_match_the_openapi_document() {
-    let dir = spool_dir();
-    let vars = spool_vars(&dir);
-    let overrides = overrides(&vars);
-    let app = spawn_app_with(&overrides).await;
-    app.wait_ready().await;
+    let dir = std::env::temp_dir().join(format!("contract-spool-{}", uuid::Uuid::new_v4()));
+    let dir_text = dir.display().to_string();
+    let app = spawn_real(&[
+        ("BRIDGE_ACK_MODE", "spool"),
+        ("BRIDGE_SPOOL_DIR", &dir_text),
+    ])
+    .await;
+    app.wait_readiness(200).await;
     let body = assert_documented("/webhooks/omnichat", "post", app.post(SEED).await).await;
     assert_eq!(body["spooled"], true);
-    let body = assert_documented("/readyz", "get", app.get_admin("/readyz").await).await;
+    let body = assert_documented("/readyz", "get", app.admin("/readyz").await).await;
     assert_eq!(body["mode"], "spool");
     let redrive = |dry_run: &str| {
         app.client
@@ -144,7 +148,7 @@ async fn spool_mode_answers_match_the_openapi_document() {
 
 #[tokio::test]
 async fn kafka_mode_has_no_quarantine_as_documented() {
-    let app = spawn_app().await;
+    let app = spawn(&[]).await;
     let response = app
         .client
         .post(format!("{}/quarantine/redrive", app.admin_address))
