@@ -41,6 +41,7 @@ impl NotReady {
     }
 }
 
+/// Reads the spool's status when readiness or metrics are asked for.
 pub type SpoolProbe = Arc<dyn Fn() -> Option<SpoolStatus> + Send + Sync>;
 
 /// What readiness is decided from.
@@ -175,8 +176,6 @@ impl Health {
         }))
     }
 }
-
-/// Registers the admin routes.
 
 #[cfg(test)]
 mod tests {

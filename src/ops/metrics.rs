@@ -337,8 +337,6 @@ impl Metrics {
     }
 }
 
-/// Reads the spool's status when readiness or metrics are asked for.
-
 #[cfg(test)]
 mod tests {
     use super::*;

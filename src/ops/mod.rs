@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::backend::Backend;
 use crate::event::Normalizer;
 
+/// Registers the admin routes.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(healthz))
