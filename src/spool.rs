@@ -17,7 +17,7 @@ mod quarantine;
 pub(crate) use forward::{
     WINDOW_BYTES as FORWARD_WINDOW_BYTES, WINDOW_RECORDS as FORWARD_WINDOW_RECORDS,
 };
-pub mod log;
+pub mod segments;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,7 +31,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::SpoolSettings;
 use crate::publish::kafka::KafkaPublisher;
 use crate::publish::{PublishError, PublishFuture, Publisher, Record, Stored};
-use log::{AppendError, LogError, Position, SegmentWriter};
+use segments::{AppendError, Position, SegmentWriter, SpoolDirError};
 
 /// The largest segment file; smaller spools use a sixteenth of their limit, so that a spool
 /// whose records are all forwarded always has room to roll to a new segment.
@@ -115,7 +115,7 @@ struct Shared {
 
 impl Shared {
     /// The state after recovery found `recovered`; the writer's log ends at `end`.
-    fn new(limit: u64, largest_event: u64, recovered: &log::Recovered, end: Position) -> Self {
+    fn new(limit: u64, largest_event: u64, recovered: &segments::Recovered, end: Position) -> Self {
         Self {
             limit,
             largest_event,
@@ -258,11 +258,11 @@ impl Spool {
         largest_event: usize,
         kafka: KafkaPublisher,
         deadletter: Arc<str>,
-    ) -> Result<Self, LogError> {
+    ) -> Result<Self, SpoolDirError> {
         let max_record_bytes = kafka.max_record_bytes();
         let kafka = Arc::new(kafka);
         let dir = settings.dir.clone();
-        let recovered = log::recover(&dir, settings.on_damage)?;
+        let recovered = segments::recover(&dir, settings.on_damage)?;
         if recovered.records > 0 {
             tracing::info!(
                 records = recovered.records,
@@ -291,7 +291,7 @@ impl Spool {
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || write_loop(writer, &queue, &writer_shared))
-            .map_err(|source| LogError::Io {
+            .map_err(|source| SpoolDirError::Io {
                 path: dir.clone(),
                 source,
             })?;
@@ -314,7 +314,7 @@ impl Spool {
                 // until then it stays locked against another process.
                 drop(lock);
             })
-            .map_err(|source| LogError::Io {
+            .map_err(|source| SpoolDirError::Io {
                 path: dir.clone(),
                 source,
             })?;
@@ -348,7 +348,7 @@ impl Spool {
                 "the spool cannot write: {reason}"
             )));
         }
-        let frame = log::encode(record, now_ms());
+        let frame = segments::encode(record, now_ms());
         let bytes = frame.len() as u64;
         self.shared.reserve(bytes)?;
         let (done, answer) = oneshot::channel();

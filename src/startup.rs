@@ -32,7 +32,7 @@ pub enum StartupError {
     #[error("KAFKA_BOOTSTRAP_SERVERS: {reason}")]
     Kafka { reason: String },
     #[error("BRIDGE_SPOOL_DIR: {0}")]
-    Spool(#[from] crate::spool::log::LogError),
+    Spool(#[from] crate::spool::segments::SpoolDirError),
     #[error("cannot listen on {variable}={addr}: {source}")]
     Listen {
         variable: &'static str,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::Shared;
-use super::log::{self, Entry, Position, SegmentReader};
+use super::segments::{self, Entry, Position, SegmentReader};
 use crate::publish::PublishError;
 use crate::publish::Record;
 use crate::publish::kafka::{Delivery, KafkaPublisher, Outcome, SendError};
@@ -378,11 +378,11 @@ impl<S: Sink> Forwarder<S> {
         if acknowledged == *checkpointed {
             return;
         }
-        if let Err(error) = log::write_checkpoint(&self.dir, acknowledged) {
+        if let Err(error) = segments::write_checkpoint(&self.dir, acknowledged) {
             tracing::warn!("Spool checkpoint not written (records may be sent again): {error}");
         }
         for segment in checkpointed.segment..acknowledged.segment {
-            let path = log::segment_path(&self.dir, segment);
+            let path = segments::segment_path(&self.dir, segment);
             let Ok(metadata) = std::fs::metadata(&path) else {
                 continue;
             };

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::log::{self, Entry, Position, SegmentReader, SegmentWriter};
+use super::segments::{self, Entry, Position, SegmentReader, SegmentWriter};
 use super::{Shared, Spool, lock};
 use crate::event::Normalizer;
 use crate::publish::{Publisher, Record};
@@ -33,7 +33,7 @@ pub(super) struct Quarantine {
 impl Quarantine {
     pub(super) fn new(spool_dir: &Path, shared: Arc<Shared>) -> Self {
         Self {
-            dir: spool_dir.join(log::QUARANTINE),
+            dir: spool_dir.join(segments::QUARANTINE),
             writer: Mutex::new(None),
             shared,
         }
@@ -56,7 +56,7 @@ impl Quarantine {
         };
         let frames: Vec<u8> = letters
             .iter()
-            .flat_map(|(letter, accepted_ms)| log::encode(letter, *accepted_ms))
+            .flat_map(|(letter, accepted_ms)| segments::encode(letter, *accepted_ms))
             .collect();
         let (_, grown) = writer.append(&frames).map_err(|error| {
             format!(
@@ -80,7 +80,7 @@ impl Quarantine {
     fn remove(&self, path: &Path) -> Result<(), String> {
         let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
         std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let _ = log::sync_dir(&self.dir);
+        let _ = segments::sync_dir(&self.dir);
         self.shared.shrink_quarantine(bytes);
         Ok(())
     }
@@ -98,7 +98,7 @@ impl Quarantine {
 
 /// Bytes of every file in the quarantine under `spool_dir`.
 pub(super) fn bytes_on_disk(spool_dir: &Path) -> u64 {
-    std::fs::read_dir(spool_dir.join(log::QUARANTINE))
+    std::fs::read_dir(spool_dir.join(segments::QUARANTINE))
         .into_iter()
         .flatten()
         .flatten()

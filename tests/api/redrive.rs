@@ -255,7 +255,7 @@ async fn redrive_without_kafka_fails_within_its_deadline_and_names_why() {
 /// A quarantine as the forwarder leaves it: dead letters in the spool's segment format.
 fn write_quarantine(dir: &std::path::Path, bodies: &[&str]) -> u64 {
     use omnichat_bridge::publish::{Header as RecordHeader, Record};
-    use omnichat_bridge::spool::log::{SegmentWriter, encode};
+    use omnichat_bridge::spool::segments::{SegmentWriter, encode};
     let quarantine = dir.join("quarantine");
     std::fs::create_dir_all(&quarantine).expect("quarantine dir");
     let mut writer = SegmentWriter::new(&quarantine, 0, u64::MAX);

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use omnichat_bridge::publish::{Header, Record};
-use omnichat_bridge::spool::log::{SegmentWriter, encode};
+use omnichat_bridge::spool::segments::{SegmentWriter, encode};
 use serde_json::Value;
 
 use crate::faults::{MockSetup, mock_setup};

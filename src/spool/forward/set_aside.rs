@@ -11,7 +11,7 @@ use super::{Forwarder, Sink, accepted_at};
 use crate::event::set_aside::set_aside;
 use crate::publish::Record;
 use crate::publish::refusal::{Refused, Verdict};
-use crate::spool::log::Entry;
+use crate::spool::segments::Entry;
 
 /// How long a dead letter may take to be acknowledged before the attempt counts as failed.
 const DEAD_LETTER_WAIT: Duration = Duration::from_secs(30);

@@ -24,7 +24,7 @@ use crate::publish::kafka::{Acked, Delivery, Outcome, SendError};
 use crate::publish::refusal::Refused;
 use crate::publish::{Header, PublishError, Record};
 use crate::spool::Shared;
-use crate::spool::log::{self, SegmentWriter};
+use crate::spool::segments::{self, SegmentWriter};
 
 const CHATS: u64 = 3;
 const DEADLETTER: &str = "dlq";
@@ -235,7 +235,7 @@ struct Harness {
 
 impl Harness {
     fn open(dir: PathBuf, sink: Arc<FakeSink>, appended: Vec<u64>, poison: Vec<u64>) -> Self {
-        let recovered = log::recover(&dir, OnDamage::Refuse).expect("recover");
+        let recovered = segments::recover(&dir, OnDamage::Refuse).expect("recover");
         let writer = SegmentWriter::new(&dir, recovered.next_segment, 4 << 10);
         let shared = Arc::new(Shared::new(u64::MAX, 0, &recovered, writer.end()));
         let (stop, stopped) = oneshot::channel();
@@ -271,7 +271,7 @@ impl Harness {
             let poison = poison_every > 0 && id % poison_every == poison_every - 1;
             let (end, _) = self
                 .writer
-                .append(&log::encode(&record(id, poison), id))
+                .append(&segments::encode(&record(id, poison), id))
                 .expect("append");
             self.shared
                 .records

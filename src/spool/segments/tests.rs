@@ -1,5 +1,12 @@
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::frame::{Parsed, parse_frame};
 use super::*;
+use crate::config::OnDamage;
 use crate::publish::Header;
+use crate::publish::Record;
 
 fn record(n: u32) -> Record {
     Record {
@@ -301,7 +308,7 @@ fn a_second_process_cannot_open_the_same_spool() {
     let dir = temp_dir("lock");
     let first = recover(&dir, OnDamage::Refuse).expect("first");
     let error = recover(&dir, OnDamage::Refuse).expect_err("second refused");
-    assert!(matches!(error, LogError::Locked { .. }), "{error}");
+    assert!(matches!(error, SpoolDirError::Locked { .. }), "{error}");
     drop(first);
     recover(&dir, OnDamage::Refuse).expect("free again once the first is gone");
 }
