@@ -11,7 +11,9 @@
 //! at least once, same event id, in order.
 
 mod forward;
+mod group_commit;
 mod quarantine;
+mod shared;
 
 /// How much the forwarder hands the producer at once (the producer's queue must hold it).
 pub(crate) use forward::{
@@ -20,18 +22,21 @@ pub(crate) use forward::{
 pub mod segments;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::config::SpoolSettings;
 use crate::publish::kafka::KafkaPublisher;
 use crate::publish::{PublishError, PublishFuture, Publisher, Record, Stored};
-use segments::{AppendError, Position, SegmentWriter, SpoolDirError};
+use group_commit::{Append, write_loop};
+use segments::{SegmentWriter, SpoolDirError};
+use shared::Shared;
+pub use shared::SpoolStatus;
 
 /// The largest segment file; smaller spools use a sixteenth of their limit, so that a spool
 /// whose records are all forwarded always has room to roll to a new segment.
@@ -42,180 +47,6 @@ const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 const MAX_BATCH_BYTES: usize = 4 << 20;
 /// A group commit this slow is logged: senders waited that long for their 202.
 const SLOW_COMMIT: Duration = Duration::from_secs(1);
-
-/// What the probe, readiness and metrics see of the spool.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpoolStatus {
-    /// Records accepted and not yet acknowledged by Kafka.
-    pub records: u64,
-    /// Bytes of the spool's files on disk, the quarantine's included, counted against the limit.
-    pub bytes: u64,
-    /// Bytes of the quarantine's files: records set aside there, and damaged segments.
-    pub quarantine_bytes: u64,
-    pub limit: u64,
-    /// Age of the oldest record not yet acknowledged by Kafka.
-    pub oldest_age: Duration,
-    /// Records acknowledged by Kafka since start.
-    pub forwarded: u64,
-    /// Whether an event of the largest allowed size still fits.
-    pub has_room: bool,
-    /// Why forwarding is held up, when Kafka refused a record.
-    pub forward_error: Option<String>,
-    /// Forwarding failures since start, by Kafka error code (a bounded set).
-    pub forward_failures: Vec<(String, u64)>,
-    /// Records Kafka refused for good, set aside since start: to the dead-letter topic, and to
-    /// the quarantine when that topic refused them too.
-    pub set_aside_to_deadletter: u64,
-    pub set_aside_to_quarantine: u64,
-    /// The last record set aside, and why.
-    pub last_set_aside: Option<String>,
-    /// Damaged segments recovery moved to the quarantine at start.
-    pub damaged_segments: u64,
-    /// Group commits (one write and fdatasync each) since start, and the time they took.
-    pub commits: u64,
-    pub commit_time: Duration,
-}
-
-/// State the request path, the writer thread and the forwarder share.
-#[derive(Debug)]
-struct Shared {
-    limit: u64,
-    largest_event: u64,
-    /// Bytes on disk plus bytes reserved by requests waiting for the writer.
-    used: AtomicU64,
-    /// The volume refused the last write for space; cleared by the next write that succeeds
-    /// or when forwarding deletes a segment.
-    disk_full: AtomicBool,
-    /// Damaged segments recovery moved to the quarantine since start.
-    set_aside_segments: AtomicU64,
-    records: AtomicU64,
-    forwarded: AtomicU64,
-    commits: AtomicU64,
-    commit_micros: AtomicU64,
-    /// Accepted-at (ms since the epoch) of the oldest record not yet acknowledged; 0 if none.
-    oldest_ms: AtomicU64,
-    /// Set when a write or fsync failed: the log's state on disk is unknown until a restart
-    /// recovers it, so nothing more is accepted.
-    failed: Mutex<Option<String>>,
-    /// Set when the forwarder met damage it must not skip: only a restart's recovery (which
-    /// refuses or sets the segment aside) goes on from there.
-    forwarding_failed: Mutex<Option<String>>,
-    forward_error: Mutex<Option<String>>,
-    forward_failures: Mutex<Vec<(String, u64)>>,
-    set_aside_to_deadletter: AtomicU64,
-    set_aside_to_quarantine: AtomicU64,
-    /// Bytes of the quarantine's files, counted in `used` too.
-    quarantine_bytes: AtomicU64,
-    last_set_aside: Mutex<Option<String>>,
-    /// The end of what is durable; the forwarder follows it.
-    committed: watch::Sender<Position>,
-    /// The position after the last record Kafka acknowledged.
-    acknowledged: watch::Sender<Position>,
-}
-
-impl Shared {
-    /// The state after recovery found `recovered`; the writer's log ends at `end`.
-    fn new(limit: u64, largest_event: u64, recovered: &segments::Recovered, end: Position) -> Self {
-        Self {
-            limit,
-            largest_event,
-            used: AtomicU64::new(recovered.bytes),
-            disk_full: AtomicBool::new(false),
-            set_aside_segments: AtomicU64::new(recovered.set_aside_segments),
-            records: AtomicU64::new(recovered.records),
-            forwarded: AtomicU64::new(0),
-            commits: AtomicU64::new(0),
-            commit_micros: AtomicU64::new(0),
-            oldest_ms: AtomicU64::new(0),
-            failed: Mutex::new(None),
-            forwarding_failed: Mutex::new(None),
-            forward_error: Mutex::new(None),
-            forward_failures: Mutex::new(Vec::new()),
-            set_aside_to_deadletter: AtomicU64::new(0),
-            set_aside_to_quarantine: AtomicU64::new(0),
-            quarantine_bytes: AtomicU64::new(0),
-            last_set_aside: Mutex::new(None),
-            committed: watch::channel(end).0,
-            acknowledged: watch::channel(recovered.start).0,
-        }
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn fail(&self, reason: String) {
-        tracing::error!(
-            "Spool write failed; no more events are accepted until a restart: {reason}"
-        );
-        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-    }
-
-    fn fail_forwarding(&self, reason: String) {
-        let mut failed = lock(&self.forwarding_failed);
-        if failed.is_none() {
-            tracing::error!(
-                "Spool forwarding stopped; liveness fails so a restart recovers: {reason}"
-            );
-            *failed = Some(reason);
-        }
-    }
-
-    fn set_forward_error(&self, reason: Option<String>) {
-        *lock(&self.forward_error) = reason;
-    }
-
-    fn count_forward_failure(&self, refused: &crate::publish::refusal::Refused) {
-        let code = refused.code_name();
-        let mut failures = lock(&self.forward_failures);
-        match failures.iter_mut().find(|(known, _)| *known == code) {
-            Some((_, count)) => *count += 1,
-            None => failures.push((code, 1)),
-        }
-    }
-
-    fn count_set_aside(&self, to: forward::SetAsideTo, reason: String) {
-        let counter = match to {
-            forward::SetAsideTo::DeadLetterTopic => &self.set_aside_to_deadletter,
-            forward::SetAsideTo::Quarantine => &self.set_aside_to_quarantine,
-        };
-        counter.fetch_add(1, Ordering::AcqRel);
-        *lock(&self.last_set_aside) = Some(reason);
-    }
-
-    /// Reserves room for `bytes`, or says the spool is full.
-    fn reserve(&self, bytes: u64) -> Result<(), PublishError> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used + bytes <= self.limit).then_some(used + bytes)
-            })
-            .map(drop)
-            .map_err(|_| PublishError::SpoolFull { limit: self.limit })
-    }
-
-    fn release(&self, bytes: u64) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
-    }
-
-    /// The quarantine's files grew by `bytes`: they count against the limit like segments.
-    fn grow_quarantine(&self, bytes: u64) {
-        self.used.fetch_add(bytes, Ordering::AcqRel);
-        self.quarantine_bytes.fetch_add(bytes, Ordering::AcqRel);
-    }
-
-    fn shrink_quarantine(&self, bytes: u64) {
-        self.release(bytes);
-        self.quarantine_bytes.fetch_sub(bytes, Ordering::AcqRel);
-    }
-}
-
-struct Append {
-    frame: Vec<u8>,
-    done: oneshot::Sender<Result<(), PublishError>>,
-}
 
 /// The spool: a [`Publisher`] that answers once a record is durable on local disk.
 pub struct Spool {
@@ -425,98 +256,6 @@ impl Spool {
             0
         } else {
             self.shared.records.load(Ordering::Acquire)
-        }
-    }
-}
-
-/// The writer thread: one batch per fsync, answered only after it.
-fn write_loop(mut writer: SegmentWriter, queue: &mpsc::Receiver<Append>, shared: &Shared) {
-    let mut frames = Vec::with_capacity(MAX_BATCH_BYTES);
-    let mut batch = Vec::new();
-    while let Ok(first) = queue.recv() {
-        let mut bytes = first.frame.len();
-        batch.push(first);
-        while bytes < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(next) => {
-                    bytes += next.frame.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        let outcome = match shared.failure() {
-            Some(reason) => Err(AppendError::Io(std::io::Error::other(reason))),
-            None => {
-                frames.clear();
-                for append in &batch {
-                    frames.extend_from_slice(&append.frame);
-                }
-                let started = Instant::now();
-                let appended = writer.append(&frames);
-                let took = started.elapsed();
-                shared.commits.fetch_add(1, Ordering::AcqRel);
-                shared
-                    .commit_micros
-                    .fetch_add(took.as_micros() as u64, Ordering::AcqRel);
-                if took >= SLOW_COMMIT {
-                    tracing::warn!(
-                        took_ms = took.as_millis() as u64,
-                        records = batch.len(),
-                        "Spool write and fsync were slow; every 202 waits for one: check the volume"
-                    );
-                }
-                appended
-            }
-        };
-        match outcome {
-            Ok((end, grown)) => {
-                shared.disk_full.store(false, Ordering::Release);
-                // The batch's reservation becomes what the files grew by: a new segment's
-                // size, or nothing while a preallocated segment has room.
-                let reserved = bytes as u64;
-                if grown >= reserved {
-                    shared.used.fetch_add(grown - reserved, Ordering::AcqRel);
-                } else {
-                    shared.release(reserved - grown);
-                }
-                shared
-                    .records
-                    .fetch_add(batch.len() as u64, Ordering::AcqRel);
-                shared.committed.send_replace(end);
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Ok(()));
-                }
-            }
-            Err(AppendError::NoSpace(error)) => {
-                // The writer sealed its segment: the forwarder may pass its end and delete it.
-                shared.committed.send_replace(writer.end());
-                // Nothing of the batch was kept; the senders retry once forwarding has freed
-                // space, and readiness says the spool is full meanwhile.
-                if !shared.disk_full.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(
-                        "Spool volume full; answering 503 spool_full until forwarding frees space: {error}"
-                    );
-                }
-                shared.release(bytes as u64);
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Err(PublishError::SpoolFull {
-                        limit: shared.limit,
-                    }));
-                }
-            }
-            Err(AppendError::Io(error)) => {
-                let reason = error.to_string();
-                if shared.failure().is_none() {
-                    shared.fail(reason.clone());
-                }
-                shared.release(bytes as u64);
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Err(PublishError::Failed(format!(
-                        "the spool cannot write: {reason}"
-                    ))));
-                }
-            }
         }
     }
 }

@@ -1,0 +1,187 @@
+//! What the request path, the writer thread and the forwarder share, and what readiness and
+//! metrics see of it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::forward;
+use super::lock;
+use super::segments::{self, Position};
+use crate::publish::PublishError;
+
+/// What the probe, readiness and metrics see of the spool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolStatus {
+    /// Records accepted and not yet acknowledged by Kafka.
+    pub records: u64,
+    /// Bytes of the spool's files on disk, the quarantine's included, counted against the limit.
+    pub bytes: u64,
+    /// Bytes of the quarantine's files: records set aside there, and damaged segments.
+    pub quarantine_bytes: u64,
+    pub limit: u64,
+    /// Age of the oldest record not yet acknowledged by Kafka.
+    pub oldest_age: Duration,
+    /// Records acknowledged by Kafka since start.
+    pub forwarded: u64,
+    /// Whether an event of the largest allowed size still fits.
+    pub has_room: bool,
+    /// Why forwarding is held up, when Kafka refused a record.
+    pub forward_error: Option<String>,
+    /// Forwarding failures since start, by Kafka error code (a bounded set).
+    pub forward_failures: Vec<(String, u64)>,
+    /// Records Kafka refused for good, set aside since start: to the dead-letter topic, and to
+    /// the quarantine when that topic refused them too.
+    pub set_aside_to_deadletter: u64,
+    pub set_aside_to_quarantine: u64,
+    /// The last record set aside, and why.
+    pub last_set_aside: Option<String>,
+    /// Damaged segments recovery moved to the quarantine at start.
+    pub damaged_segments: u64,
+    /// Group commits (one write and fdatasync each) since start, and the time they took.
+    pub commits: u64,
+    pub commit_time: Duration,
+}
+
+/// State the request path, the writer thread and the forwarder share.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) limit: u64,
+    pub(super) largest_event: u64,
+    /// Bytes on disk plus bytes reserved by requests waiting for the writer.
+    pub(super) used: AtomicU64,
+    /// The volume refused the last write for space; cleared by the next write that succeeds
+    /// or when forwarding deletes a segment.
+    pub(super) disk_full: AtomicBool,
+    /// Damaged segments recovery moved to the quarantine since start.
+    pub(super) set_aside_segments: AtomicU64,
+    pub(super) records: AtomicU64,
+    pub(super) forwarded: AtomicU64,
+    pub(super) commits: AtomicU64,
+    pub(super) commit_micros: AtomicU64,
+    /// Accepted-at (ms since the epoch) of the oldest record not yet acknowledged; 0 if none.
+    pub(super) oldest_ms: AtomicU64,
+    /// Set when a write or fsync failed: the log's state on disk is unknown until a restart
+    /// recovers it, so nothing more is accepted.
+    pub(super) failed: Mutex<Option<String>>,
+    /// Set when the forwarder met damage it must not skip: only a restart's recovery (which
+    /// refuses or sets the segment aside) goes on from there.
+    pub(super) forwarding_failed: Mutex<Option<String>>,
+    pub(super) forward_error: Mutex<Option<String>>,
+    pub(super) forward_failures: Mutex<Vec<(String, u64)>>,
+    pub(super) set_aside_to_deadletter: AtomicU64,
+    pub(super) set_aside_to_quarantine: AtomicU64,
+    /// Bytes of the quarantine's files, counted in `used` too.
+    pub(super) quarantine_bytes: AtomicU64,
+    pub(super) last_set_aside: Mutex<Option<String>>,
+    /// The end of what is durable; the forwarder follows it.
+    pub(super) committed: watch::Sender<Position>,
+    /// The position after the last record Kafka acknowledged.
+    pub(super) acknowledged: watch::Sender<Position>,
+}
+
+impl Shared {
+    /// The state after recovery found `recovered`; the writer's log ends at `end`.
+    pub(super) fn new(
+        limit: u64,
+        largest_event: u64,
+        recovered: &segments::Recovered,
+        end: Position,
+    ) -> Self {
+        Self {
+            limit,
+            largest_event,
+            used: AtomicU64::new(recovered.bytes),
+            disk_full: AtomicBool::new(false),
+            set_aside_segments: AtomicU64::new(recovered.set_aside_segments),
+            records: AtomicU64::new(recovered.records),
+            forwarded: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            oldest_ms: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            forwarding_failed: Mutex::new(None),
+            forward_error: Mutex::new(None),
+            forward_failures: Mutex::new(Vec::new()),
+            set_aside_to_deadletter: AtomicU64::new(0),
+            set_aside_to_quarantine: AtomicU64::new(0),
+            quarantine_bytes: AtomicU64::new(0),
+            last_set_aside: Mutex::new(None),
+            committed: watch::channel(end).0,
+            acknowledged: watch::channel(recovered.start).0,
+        }
+    }
+
+    pub(super) fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn fail(&self, reason: String) {
+        tracing::error!(
+            "Spool write failed; no more events are accepted until a restart: {reason}"
+        );
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    pub(super) fn fail_forwarding(&self, reason: String) {
+        let mut failed = lock(&self.forwarding_failed);
+        if failed.is_none() {
+            tracing::error!(
+                "Spool forwarding stopped; liveness fails so a restart recovers: {reason}"
+            );
+            *failed = Some(reason);
+        }
+    }
+
+    pub(super) fn set_forward_error(&self, reason: Option<String>) {
+        *lock(&self.forward_error) = reason;
+    }
+
+    pub(super) fn count_forward_failure(&self, refused: &crate::publish::refusal::Refused) {
+        let code = refused.code_name();
+        let mut failures = lock(&self.forward_failures);
+        match failures.iter_mut().find(|(known, _)| *known == code) {
+            Some((_, count)) => *count += 1,
+            None => failures.push((code, 1)),
+        }
+    }
+
+    pub(super) fn count_set_aside(&self, to: forward::SetAsideTo, reason: String) {
+        let counter = match to {
+            forward::SetAsideTo::DeadLetterTopic => &self.set_aside_to_deadletter,
+            forward::SetAsideTo::Quarantine => &self.set_aside_to_quarantine,
+        };
+        counter.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.last_set_aside) = Some(reason);
+    }
+
+    /// Reserves room for `bytes`, or says the spool is full.
+    pub(super) fn reserve(&self, bytes: u64) -> Result<(), PublishError> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= self.limit).then_some(used + bytes)
+            })
+            .map(drop)
+            .map_err(|_| PublishError::SpoolFull { limit: self.limit })
+    }
+
+    pub(super) fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// The quarantine's files grew by `bytes`: they count against the limit like segments.
+    pub(super) fn grow_quarantine(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        self.quarantine_bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    pub(super) fn shrink_quarantine(&self, bytes: u64) {
+        self.release(bytes);
+        self.quarantine_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
