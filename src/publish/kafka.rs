@@ -40,45 +40,6 @@ const DEFAULT_QUEUE_LIMIT: usize = 100_000;
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 
-/// Properties the bridge sets before the operator's `KAFKA_*` ones. The guarded ones cannot be
-/// overridden (see `config`); the others are defaults chosen for webhooks.
-fn base_config(publish_timeout: Duration) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("client.id", "omnichat-bridge")
-        // Exactly-once per partition and in order across retries (KIP-98).
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        // Kafka's Java partitioner, so every client agrees where a chat's key lives.
-        .set("partitioner", "murmur2_random")
-        // librdkafka gives up on a record when the sender has already been told 503, so a
-        // queued record does not outlive its answer by much. 0 (the forwarder) never gives up.
-        .set(
-            "message.timeout.ms",
-            publish_timeout.as_millis().to_string(),
-        )
-        .set("linger.ms", "2")
-        // librdkafka's default backoff doubles to 10 s, which after a 5 s outage kept the
-        // bridge answering 503 for another 6 s. Capped at 1 s, it is back within about a
-        // second, at the cost of one connection attempt per broker per second meanwhile.
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "1000")
-        // Records waiting in the producer, at most: librdkafka's default is 1 GiB. 64 MiB holds
-        // the spool forwarder's window twice and what the body budget lets requests publish;
-        // past it a request gets 503 queue_full instead of the pod its OOM kill.
-        .set("queue.buffering.max.kbytes", "65536");
-    config
-}
-
-/// Builds the librdkafka configuration from the operator's settings.
-pub fn client_config(kafka: &KafkaSettings, publish_timeout: Duration) -> ClientConfig {
-    let mut config = base_config(publish_timeout);
-    for property in &kafka.properties {
-        config.set(&property.name, property.value.expose());
-    }
-    config
-}
-
 /// Why Kafka cannot take records now, as the readiness probe found it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KafkaUnusable {
@@ -255,7 +216,7 @@ impl KafkaPublisher {
         publish_timeout: Option<Duration>,
         stuck_base: Duration,
     ) -> Result<Self, ConfigError> {
-        let mut config = client_config(kafka, publish_timeout.unwrap_or(Duration::ZERO));
+        let mut config = kafka.client_config(publish_timeout.unwrap_or(Duration::ZERO));
         if publish_timeout.is_none() {
             // Whatever KAFKA_MESSAGE_TIMEOUT_MS says: a record given up and sent again could
             // land behind a later one.

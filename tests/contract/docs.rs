@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use omnichat_bridge::config::{Settings, variables};
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -23,22 +25,9 @@ fn bridge_variables(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// What the code reads: names it spells out, and envy's `bridge_*` fields (envy matches
-/// variables case-insensitively).
+/// What the code reads: the declared variables.
 fn code_variables() -> BTreeSet<String> {
-    let whole = read(&root().join("src/config.rs"));
-    // The code, not its tests (which spell unknown variables on purpose); quoted names only.
-    let source = whole.split("#[cfg(test)]").next().unwrap_or_default();
-    let mut names: BTreeSet<String> = bridge_variables(source)
-        .into_iter()
-        .filter(|name| source.contains(&format!("\"{name}")))
-        .collect();
-    names.extend(
-        bridge_variables(&source.to_uppercase())
-            .into_iter()
-            .filter(|name| source.contains(&format!("{}:", name.to_lowercase()))),
-    );
-    names
+    variables::ALL.iter().map(|v| v.name.to_owned()).collect()
 }
 
 fn read(path: &Path) -> String {
@@ -118,23 +107,59 @@ fn the_shutdown_budget_fits_in_the_grace_period() {
 }
 
 #[test]
-fn every_setting_is_in_the_list_of_known_variables() {
-    // envy reads the `bridge_*` fields; the list decides which BRIDGE_* names are warned about
-    // as unknown. A field missing from the list would make the bridge warn about its own setting.
-    let source = read(&root().join("src/config.rs"));
-    let start = source.find("const BRIDGE_VARIABLES").expect("the list");
-    let list = &source[start..start + source[start..].find("];").expect("end of list")];
-    let fields: BTreeSet<String> = source
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("bridge_"))
-        .filter_map(|rest| rest.split_once(':'))
-        .map(|(name, _)| format!("BRIDGE_{}", name.to_uppercase()))
-        .collect();
-    assert!(fields.len() >= 20, "{fields:?}");
-    for field in fields {
+fn the_readme_states_each_variables_default_as_declared() {
+    let readme = read(&root().join("README.md"));
+    for variable in variables::ALL {
+        let row = readme
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{}` |", variable.name)))
+            .unwrap_or_else(|| panic!("no README row for {}", variable.name));
+        let default = row.split('|').nth(2).unwrap_or_default().trim();
+        let declared = match variable.default {
+            "" => default.is_empty() || default.starts_with('('),
+            value => default == format!("`{value}`"),
+        };
         assert!(
-            list.contains(&format!("\"{field}\"")),
-            "{field} is read but not in BRIDGE_VARIABLES"
+            declared,
+            "{}: the README says {default:?}, the code {:?}",
+            variable.name, variable.default
+        );
+    }
+}
+
+#[test]
+fn every_declared_setting_is_read_and_none_is_unknown_to_itself() {
+    // Setting every declared variable to its default (or a valid value) gives no warning: the
+    // bridge never calls its own settings unknown.
+    let mut vars: Vec<(String, String)> = variables::ALL
+        .iter()
+        .filter(|v| !v.default.is_empty())
+        .map(|v| (v.name.to_owned(), v.default.to_owned()))
+        .collect();
+    vars.extend([
+        (
+            "BRIDGE_AUTH_TOKENS".to_owned(),
+            "0123456789abcdef0123".to_owned(),
+        ),
+        (
+            "BRIDGE_SPOOL_DIR".to_owned(),
+            "/var/spool/bridge".to_owned(),
+        ),
+        ("BRIDGE_ACK_MODE".to_owned(), "spool".to_owned()),
+        ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), "k:9092".to_owned()),
+    ]);
+    let settings = Settings::from_vars(vars).expect("defaults are valid");
+    assert!(
+        settings.unknown_variables.is_empty(),
+        "{:?}",
+        settings.unknown_variables
+    );
+    let shown: BTreeSet<String> = settings.effective().into_iter().map(|(k, _)| k).collect();
+    for variable in variables::ALL {
+        assert!(
+            shown.contains(variable.name),
+            "{} is not in the effective settings",
+            variable.name
         );
     }
 }

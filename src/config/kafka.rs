@@ -1,0 +1,235 @@
+//! The librdkafka properties: the ones the bridge sets, the ones it refuses, and the operator's
+//! `KAFKA_*` variables, each a property (`KAFKA_SECURITY_PROTOCOL` is `security.protocol`).
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+use super::{ConfigError, Secret};
+
+/// librdkafka properties, in the order they were given. Values of secret-looking properties are
+/// wrapped so the effective configuration can be logged.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSettings {
+    /// Every `KAFKA_*` variable but Kubernetes' service links, as a property.
+    pub properties: Vec<KafkaProperty>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaProperty {
+    /// The environment variable it came from, for error messages.
+    pub variable: String,
+    /// The librdkafka property name.
+    pub name: String,
+    /// Its value, wrapped: some are credentials.
+    pub value: Secret,
+    /// Whether the value is a credential, redacted wherever settings are shown.
+    pub is_secret: bool,
+}
+
+impl KafkaSettings {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .rev()
+            .find(|p| p.name == name)
+            .map(|p| p.value.expose().as_str())
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        self.get("bootstrap.servers").unwrap_or_default()
+    }
+}
+
+/// Properties the bridge sets before the operator's `KAFKA_*` ones. The guarded ones cannot be
+/// overridden (see [`GUARDED`]); the others are defaults chosen for webhooks.
+fn owned(publish_timeout: Duration) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("client.id", "omnichat-bridge")
+        // Exactly-once per partition and in order across retries (KIP-98).
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Kafka's Java partitioner, so every client agrees where a chat's key lives.
+        .set("partitioner", "murmur2_random")
+        // librdkafka gives up on a record when the sender has already been told 503, so a
+        // queued record does not outlive its answer by much. 0 (the forwarder) never gives up.
+        .set(
+            "message.timeout.ms",
+            publish_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", "2")
+        // librdkafka's default backoff doubles to 10 s, which after a 5 s outage kept the
+        // bridge answering 503 for another 6 s. Capped at 1 s, it is back within about a
+        // second, at the cost of one connection attempt per broker per second meanwhile.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000")
+        // Records waiting in the producer, at most: librdkafka's default is 1 GiB. 64 MiB holds
+        // the spool forwarder's window twice and what the body budget lets requests publish;
+        // past it a request gets 503 queue_full instead of the pod its OOM kill.
+        .set("queue.buffering.max.kbytes", "65536");
+    config
+}
+
+impl KafkaSettings {
+    /// The producer's configuration: the bridge's own properties, then the operator's.
+    pub fn client_config(&self, publish_timeout: Duration) -> ClientConfig {
+        let mut config = owned(publish_timeout);
+        for property in &self.properties {
+            config.set(&property.name, property.value.expose());
+        }
+        config
+    }
+}
+
+/// Settings the bridge owns because its guarantees depend on them. `None` means any value
+/// other than the bridge's own is refused.
+const GUARDED: &[(&str, &[&str], &str)] = &[
+    (
+        "enable.idempotence",
+        &["true"],
+        "the idempotent producer keeps each chat's events in order across retries",
+    ),
+    (
+        "acks",
+        &["all", "-1"],
+        "a 202 promises the record is on every in-sync replica",
+    ),
+    (
+        "request.required.acks",
+        &["all", "-1"],
+        "a 202 promises the record is on every in-sync replica",
+    ),
+    (
+        "partitioner",
+        &["murmur2_random", "murmur2"],
+        "keys must land where Kafka's Java clients put them",
+    ),
+    (
+        "transactional.id",
+        &[],
+        "the bridge does not use transactions",
+    ),
+    (
+        "delivery.report.only.error",
+        &["false"],
+        "a 202 waits for the broker's acknowledgement of each record, which this would suppress",
+    ),
+    (
+        "enable.gapless.guarantee",
+        &["true"],
+        "the spool's forwarder relies on it to never land a later record before an earlier one",
+    ),
+    (
+        "retries",
+        &["2147483647"],
+        "records are bounded by time (BRIDGE_PUBLISH_TIMEOUT_MS), not by a retry count that \
+         would fail them early and leave gaps",
+    ),
+    (
+        "message.send.max.retries",
+        &["2147483647"],
+        "records are bounded by time (BRIDGE_PUBLISH_TIMEOUT_MS), not by a retry count that \
+         would fail them early and leave gaps",
+    ),
+];
+
+/// `KAFKA_*` variables that Kubernetes injects for a Service named `kafka` (service links).
+/// They are not librdkafka settings; passing them on would stop the process at start.
+fn is_kubernetes_service_link(variable: &str) -> bool {
+    variable == "KAFKA_PORT"
+        || variable.starts_with("KAFKA_PORT_")
+        || variable.starts_with("KAFKA_SERVICE_")
+}
+
+/// Property names whose values are credentials.
+fn is_secret_property(name: &str) -> bool {
+    ["password", "secret", "key", "token", "jaas", "credentials"]
+        .iter()
+        .any(|word| name.contains(word))
+        && !name.ends_with(".location")
+}
+
+/// The producer's queue must hold what the bridge may hand it at once: every request in
+/// flight in kafka mode, the forwarder's window in spool mode.
+pub(super) fn check_queue_limits(
+    kafka: &KafkaSettings,
+    max_in_flight: usize,
+) -> Result<(), ConfigError> {
+    let window = crate::spool::FORWARD_WINDOW_RECORDS.max(max_in_flight) as u64;
+    let window_kbytes = (crate::spool::FORWARD_WINDOW_BYTES / 1024) as u64;
+    for (name, least, what) in [
+        (
+            "queue.buffering.max.messages",
+            window,
+            "records: BRIDGE_MAX_IN_FLIGHT and the spool forwarder's window",
+        ),
+        (
+            "queue.buffering.max.kbytes",
+            window_kbytes,
+            "KiB: the spool forwarder's window",
+        ),
+    ] {
+        let Some(property) = kafka.properties.iter().rev().find(|p| p.name == name) else {
+            continue;
+        };
+        match property.value.expose().trim().parse::<u64>() {
+            Ok(value) if value >= least => {}
+            _ => {
+                return Err(ConfigError::new(
+                    property.variable.clone(),
+                    format!(
+                        "must be at least {least} ({what}), or records are refused as queue-full"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn settings(vars: &[(String, String)]) -> Result<KafkaSettings, ConfigError> {
+    let mut properties = Vec::new();
+    let mut has_bootstrap = false;
+    for (variable, value) in vars {
+        let Some(rest) = variable.strip_prefix("KAFKA_") else {
+            continue;
+        };
+        if is_kubernetes_service_link(variable) || rest.is_empty() {
+            continue;
+        }
+        let name = rest.to_ascii_lowercase().replace('_', ".");
+        if let Some((_, allowed, why)) = GUARDED.iter().find(|(n, _, _)| *n == name)
+            && !allowed.contains(&value.trim())
+        {
+            let expected = if allowed.is_empty() {
+                "must not be set".to_owned()
+            } else {
+                format!("must be `{}`", allowed.join("` or `"))
+            };
+            return Err(ConfigError::new(
+                variable.clone(),
+                format!("{expected}: {why}"),
+            ));
+        }
+        if name == "bootstrap.servers" {
+            if value.trim().is_empty() {
+                return Err(ConfigError::new(variable.clone(), "must not be empty"));
+            }
+            has_bootstrap = true;
+        }
+        properties.push(KafkaProperty {
+            variable: variable.clone(),
+            is_secret: is_secret_property(&name),
+            name,
+            value: Secret::new(value.clone()),
+        });
+    }
+    if !has_bootstrap {
+        return Err(ConfigError::new(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "is required (for example `localhost:9092`)",
+        ));
+    }
+    Ok(KafkaSettings { properties })
+}
