@@ -8,12 +8,7 @@ use omnichat_bridge::config::Topics;
 use omnichat_bridge::event::{Normalizer, Receipt};
 use omnichat_bridge::omnichat::Webhook;
 
-const MESSAGE: &str = r#"{"objectId": "c1KjTsOhDP", "resource": "Message", "event": "CREATE", "timestamp": 1681825655283,
- "payload": {"chat": {"className": "Chat", "objectId": "dE5fgIIi8o"}, "platform": "WAB-OMNICHAT",
-   "status": "INCOMING_RECEIVED", "system": false, "type": "TEXT",
-   "text": "bom dia, queria saber o prazo de entrega do meu pedido e se posso pagar com pix",
-   "createdAt": "2023-04-18T13:47:35.255Z", "updatedAt": "2023-04-18T13:47:35.255Z",
-   "objectId": "c1KjTsOhDP"}}"#;
+const MESSAGE: &str = include_str!("../tests/fixtures/seed-message.json");
 const ORDER: &str = r#"{"objectId": "o9", "resource": "Order", "event": "UPDATE", "timestamp": "2023-04-18T10:47:35-03:00"}"#;
 
 fn normalizer() -> Normalizer {

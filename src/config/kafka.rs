@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 
 use super::{ConfigError, Secret};
 
@@ -72,6 +73,36 @@ fn owned(publish_timeout: Duration) -> ClientConfig {
 }
 
 impl KafkaSettings {
+    /// Names the variable behind an error librdkafka gave creating a producer.
+    pub fn creation_error(&self, error: KafkaError) -> ConfigError {
+        let (variable, reason) = match &error {
+            KafkaError::ClientConfig(_, description, name, _) => {
+                let variable = self
+                    .properties
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .map(|p| p.variable.clone())
+                    .unwrap_or_else(|| format!("KAFKA_{}", name.to_uppercase().replace('.', "_")));
+                (variable, description.clone())
+            }
+            // librdkafka checks some combinations only when it creates the producer, and names
+            // the properties in its message: name the variable that set one of them.
+            other => {
+                let reason = other.to_string();
+                let variable = self
+                    .properties
+                    .iter()
+                    .filter(|p| {
+                        reason.contains(&format!("`{}`", p.name)) || reason.contains(&p.name)
+                    })
+                    .max_by_key(|p| p.name.len())
+                    .map_or_else(|| "KAFKA_*".to_owned(), |p| p.variable.clone());
+                (variable, reason)
+            }
+        };
+        ConfigError { variable, reason }
+    }
+
     /// The producer's configuration: the bridge's own properties, then the operator's.
     pub fn client_config(&self, publish_timeout: Duration) -> ClientConfig {
         let mut config = owned(publish_timeout);

@@ -11,19 +11,21 @@
 //! producers are therefore never in flight together, so an older record can never land behind
 //! a newer one sent through the new producer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
-};
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
 use tokio::sync::oneshot;
+
+mod context;
+mod generations;
+
+use context::Reports;
+pub use context::{Acked, BridgeContext, Delivery, KafkaProducer, Outcome};
+use generations::{Generation, Inner, new_producer};
 
 use super::refusal::{Refused, Verdict};
 use super::{PublishError, PublishFuture, Publisher, QueueDepth, Record, Stored};
@@ -51,99 +53,6 @@ pub enum KafkaUnusable {
     Replacing,
 }
 
-/// What librdkafka reported for one record: where it landed, or why not.
-pub type Outcome = Result<Acked, Refused>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Acked {
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// Resolves with the record's [`Outcome`]; closed only if the producer vanished without one.
-pub type Delivery = oneshot::Receiver<Outcome>;
-
-/// Counts what librdkafka reports, over every producer generation.
-#[derive(Debug)]
-struct Reports {
-    acknowledged: AtomicU64,
-    /// Records not delivered; the forwarder watches it to learn that a generation failed
-    /// anywhere in its window, not only at its oldest record.
-    failed: tokio::sync::watch::Sender<u64>,
-}
-
-impl Default for Reports {
-    fn default() -> Self {
-        Self {
-            acknowledged: AtomicU64::new(0),
-            failed: tokio::sync::watch::channel(0).0,
-        }
-    }
-}
-
-/// Routes librdkafka's logs into `tracing` and completes each record's [`Delivery`] from its
-/// delivery callback. During an outage librdkafka reports every failed reconnect as an error;
-/// readiness already logs each change of Kafka's state once, so connection churn goes to debug
-/// and only warnings and fatal errors stay loud.
-#[derive(Debug, Default)]
-pub struct BridgeContext {
-    reports: Arc<Reports>,
-}
-
-impl ClientContext for BridgeContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-                tracing::error!(target: "librdkafka", facility, "{message}");
-            }
-            // The bridge sets it on purpose (the forwarder's order depends on it).
-            RDKafkaLogLevel::Warning if message.contains("enable.gapless.guarantee") => {
-                tracing::debug!(target: "librdkafka", facility, "{message}");
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
-            _ => tracing::debug!(target: "librdkafka", facility, "{message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            tracing::error!(target: "librdkafka", "Kafka producer failed fatally: {reason}");
-        } else {
-            tracing::debug!(target: "librdkafka", "{error}: {reason}");
-        }
-    }
-}
-
-impl ProducerContext for BridgeContext {
-    type DeliveryOpaque = Box<oneshot::Sender<Outcome>>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
-        let outcome = match result {
-            Ok(message) => {
-                self.reports.acknowledged.fetch_add(1, Ordering::Relaxed);
-                Ok(Acked {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                })
-            }
-            Err((error, _)) => {
-                self.reports.failed.send_modify(|failed| *failed += 1);
-                Err(Refused::from(error))
-            }
-        };
-        let _ = reply.send(outcome);
-    }
-}
-
-pub type KafkaProducer = ThreadedProducer<BridgeContext>;
-
-/// One producer and its number; a replacement starts the next number.
-#[derive(Clone)]
-struct Generation {
-    number: u64,
-    producer: Arc<KafkaProducer>,
-}
-
 /// Why a record was not handed to a producer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -152,23 +61,6 @@ pub enum SendError {
     Replaced,
     #[error(transparent)]
     Publish(#[from] PublishError),
-}
-
-struct Inner {
-    config: ClientConfig,
-    /// `None` while a replacement is under way: nothing is sent then.
-    current: RwLock<Option<Generation>>,
-    /// One replacement at a time.
-    replacing: Mutex<()>,
-    /// A replacement is already scheduled on a thread of its own: the requests that see the
-    /// same dead producer do not each start one.
-    scheduled: std::sync::atomic::AtomicBool,
-    reports: Arc<Reports>,
-    /// Set when a new producer could not be created: only a restart mends that.
-    broken: Mutex<Option<String>>,
-    /// Since when records have been waiting with no acknowledgement, and the count of
-    /// acknowledgements then.
-    stalled: Mutex<Option<(u64, Instant)>>,
 }
 
 /// Publishes to Kafka and waits for the broker's acknowledgement.
@@ -225,7 +117,7 @@ impl KafkaPublisher {
         }
         let reports = Arc::new(Reports::default());
         let producer =
-            new_producer(&config, &reports).map_err(|error| config_error(kafka, error))?;
+            new_producer(&config, &reports).map_err(|error| kafka.creation_error(error))?;
         let number = |name: &str, default: usize| {
             config
                 .get(name)
@@ -381,76 +273,6 @@ impl KafkaPublisher {
     }
 }
 
-impl Inner {
-    fn current(&self) -> Option<Generation> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn replace(&self, generation: u64, why: &str) {
-        let _one = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
-        let old = {
-            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-            match current.as_ref() {
-                Some(g) if g.number == generation => current.take(),
-                _ => None,
-            }
-        };
-        let Some(Generation { producer, .. }) = old else {
-            return;
-        };
-        // Purged records are reported as failed; some may still land, as duplicates that
-        // the next generation sends again after them.
-        producer.purge(PurgeConfig::default().queue().inflight());
-        let deadline = Instant::now() + RESOLVE_WAIT;
-        while producer.in_flight_count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // The probe may hold it for a moment; the last holder destroys it.
-        let mut producer = producer;
-        while Instant::now() < deadline {
-            match Arc::try_unwrap(producer) {
-                Ok(sole) => {
-                    drop(sole);
-                    break;
-                }
-                Err(shared) => {
-                    producer = shared;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-        match new_producer(&self.config, &self.reports) {
-            Ok(fresh) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Generation {
-                    number: generation + 1,
-                    producer: Arc::new(fresh),
-                });
-                tracing::warn!(
-                    generation = generation + 1,
-                    "{why}; replaced the Kafka producer after resolving every record it held"
-                );
-            }
-            Err(error) => {
-                let reason = format!("{why}; a new Kafka producer failed: {error}");
-                tracing::error!("{reason}");
-                *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-            }
-        }
-    }
-}
-
-fn new_producer(
-    config: &ClientConfig,
-    reports: &Arc<Reports>,
-) -> Result<KafkaProducer, KafkaError> {
-    config.create_with_context(BridgeContext {
-        reports: reports.clone(),
-    })
-}
-
 /// Broker answers that mean this producer's id or epoch is dead for good. librdkafka repairs
 /// some of them itself (a stale epoch from Kafka 2.5+); brokers that answer `PRODUCER_FENCED`
 /// to an idempotent producer leave it failing every record until it is replaced.
@@ -462,33 +284,6 @@ fn is_producer_identity_error(code: &RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::OutOfOrderSequenceNumber
             | RDKafkaErrorCode::Fenced
     )
-}
-
-fn config_error(kafka: &KafkaSettings, error: KafkaError) -> ConfigError {
-    let (variable, reason) = match &error {
-        KafkaError::ClientConfig(_, description, name, _) => {
-            let variable = kafka
-                .properties
-                .iter()
-                .find(|p| &p.name == name)
-                .map(|p| p.variable.clone())
-                .unwrap_or_else(|| format!("KAFKA_{}", name.to_uppercase().replace('.', "_")));
-            (variable, description.clone())
-        }
-        // librdkafka checks some combinations only when it creates the producer, and names
-        // the properties in its message: name the variable that set one of them.
-        other => {
-            let reason = other.to_string();
-            let variable = kafka
-                .properties
-                .iter()
-                .filter(|p| reason.contains(&format!("`{}`", p.name)) || reason.contains(&p.name))
-                .max_by_key(|p| p.name.len())
-                .map_or_else(|| "KAFKA_*".to_owned(), |p| p.variable.clone());
-            (variable, reason)
-        }
-    };
-    ConfigError { variable, reason }
 }
 
 impl Publisher for KafkaPublisher {

@@ -1,0 +1,107 @@
+//! Producer generations: one producer in service at a time, and its replacement only once
+//! every record the old one held is resolved and it is destroyed.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{Producer, PurgeConfig};
+
+use super::RESOLVE_WAIT;
+use super::context::{BridgeContext, KafkaProducer, Reports};
+
+/// One producer and its number; a replacement starts the next number.
+#[derive(Clone)]
+pub(super) struct Generation {
+    pub(super) number: u64,
+    pub(super) producer: Arc<KafkaProducer>,
+}
+
+/// The producer generations behind a [`KafkaPublisher`](super::KafkaPublisher).
+pub(super) struct Inner {
+    pub(super) config: ClientConfig,
+    /// `None` while a replacement is under way: nothing is sent then.
+    pub(super) current: RwLock<Option<Generation>>,
+    /// One replacement at a time.
+    pub(super) replacing: Mutex<()>,
+    /// A replacement is already scheduled on a thread of its own: the requests that see the
+    /// same dead producer do not each start one.
+    pub(super) scheduled: std::sync::atomic::AtomicBool,
+    pub(super) reports: Arc<Reports>,
+    /// Set when a new producer could not be created: only a restart mends that.
+    pub(super) broken: Mutex<Option<String>>,
+    /// Since when records have been waiting with no acknowledgement, and the count of
+    /// acknowledgements then.
+    pub(super) stalled: Mutex<Option<(u64, Instant)>>,
+}
+
+impl Inner {
+    pub(super) fn current(&self) -> Option<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn replace(&self, generation: u64, why: &str) {
+        let _one = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = {
+            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            match current.as_ref() {
+                Some(g) if g.number == generation => current.take(),
+                _ => None,
+            }
+        };
+        let Some(Generation { producer, .. }) = old else {
+            return;
+        };
+        // Purged records are reported as failed; some may still land, as duplicates that
+        // the next generation sends again after them.
+        producer.purge(PurgeConfig::default().queue().inflight());
+        let deadline = Instant::now() + RESOLVE_WAIT;
+        while producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The probe may hold it for a moment; the last holder destroys it.
+        let mut producer = producer;
+        while Instant::now() < deadline {
+            match Arc::try_unwrap(producer) {
+                Ok(sole) => {
+                    drop(sole);
+                    break;
+                }
+                Err(shared) => {
+                    producer = shared;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        match new_producer(&self.config, &self.reports) {
+            Ok(fresh) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Generation {
+                    number: generation + 1,
+                    producer: Arc::new(fresh),
+                });
+                tracing::warn!(
+                    generation = generation + 1,
+                    "{why}; replaced the Kafka producer after resolving every record it held"
+                );
+            }
+            Err(error) => {
+                let reason = format!("{why}; a new Kafka producer failed: {error}");
+                tracing::error!("{reason}");
+                *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            }
+        }
+    }
+}
+
+pub(super) fn new_producer(
+    config: &ClientConfig,
+    reports: &Arc<Reports>,
+) -> Result<KafkaProducer, KafkaError> {
+    config.create_with_context(BridgeContext {
+        reports: reports.clone(),
+    })
+}
