@@ -17,6 +17,7 @@
 //! - [`telemetry`]: structured logs.
 
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod http;
@@ -24,6 +25,7 @@ pub mod omnichat;
 pub mod ops;
 pub mod publish;
 pub mod redrive;
+pub mod shutdown;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
@@ -15,6 +15,7 @@ use crate::event::Normalizer;
 use crate::http::{self, Authenticator, Ingress};
 use crate::ops::{self, Health, Metrics};
 use crate::publish::kafka::{KafkaPublisher, KafkaUnusable};
+use crate::shutdown;
 use crate::spool::Spool;
 
 /// What normalization adds to a body at most (headers and the event's own fields), for the
@@ -66,9 +67,12 @@ impl Application {
     /// Binds both listeners and creates the Kafka producer; in spool mode also recovers the
     /// spool and starts forwarding it.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
-        let kafka = kafka_publisher(&settings)?;
-        let backend = backend(&settings, kafka)?;
-        Self::with_backend(settings, backend)
+        boot(settings, |_| {})
+    }
+
+    /// The effective settings, secrets redacted, for the start's log line.
+    pub fn effective_settings(&self) -> std::collections::BTreeMap<String, String> {
+        self.settings.effective().into_iter().collect()
     }
 
     /// Binds both listeners around a backend (tests use this seam with a stand-in).
@@ -176,9 +180,8 @@ impl Application {
         self.admin_port
     }
 
-    /// Serves until `shutdown` resolves, then runs the shutdown sequence: not ready at once,
-    /// keep serving for `BRIDGE_SHUTDOWN_DELAY_MS` so load balancers notice, stop accepting,
-    /// finish in-flight requests, flush the producer, all within `BRIDGE_SHUTDOWN_TIMEOUT_MS`.
+    /// Serves until `shutdown` resolves, then runs the shutdown sequence (see
+    /// [`shutdown::Sequence`]).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
@@ -212,53 +215,43 @@ impl Application {
             () = shutdown => {}
         }
 
-        let started = Instant::now();
-        health.start_draining();
-        metrics.ready.set(0);
-        tracing::info!(
-            delay_ms = settings.shutdown_delay.as_millis() as u64,
-            "Shutdown started: not ready, still serving until load balancers notice"
-        );
-        tokio::time::sleep(settings.shutdown_delay).await;
-
-        tracing::info!("Stopped accepting; finishing in-flight requests");
-        let remaining = settings.shutdown_timeout.saturating_sub(started.elapsed());
-        let drained = tokio::time::timeout(remaining, async {
+        shutdown::Sequence {
+            delay: settings.shutdown_delay,
+            budget: settings.shutdown_timeout,
+            health: &health,
+            metrics: &metrics,
+            backend: &backend,
+        }
+        .run(async {
             server_handle.stop(true).await;
             let _ = (&mut server).await;
         })
         .await;
-        if drained.is_err() {
-            tracing::error!("In-flight requests did not finish within BRIDGE_SHUTDOWN_TIMEOUT_MS");
-        }
         probe.abort();
-
-        // In kafka mode everything answered 202 is already acknowledged; this flush sends what
-        // was queued for requests that were answered 503 or whose senders went away, so fewer
-        // come back. In spool mode it gives the forwarder the rest of the budget to drain the
-        // spool; what it cannot send stays on disk for the next start.
-        let remaining = settings
-            .shutdown_timeout
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(100));
-        match backend.flush(remaining).await {
-            Ok(()) => tracing::info!("Producer flushed"),
-            Err(error) => tracing::warn!(error = %error, "Flush incomplete"),
-        }
         admin_handle.stop(false).await;
         let _ = admin.await;
-        tracing::info!(
-            took_ms = started.elapsed().as_millis() as u64,
-            "Shutdown complete"
-        );
         Ok(())
     }
 }
 
+/// Boots the bridge, the one way `main` and the tests do: creates the Kafka producer (where
+/// librdkafka checks every `KAFKA_*` property), calls `before_recovery` (main starts logging
+/// there, so a bad property is the one line on stderr), recovers the spool in spool mode, and
+/// binds both listeners.
+pub fn boot(
+    settings: Settings,
+    before_recovery: impl FnOnce(&Settings),
+) -> Result<Application, StartupError> {
+    let kafka = kafka_publisher(&settings)?;
+    before_recovery(&settings);
+    let backend = backend(&settings, kafka)?;
+    Application::with_backend(settings, backend)
+}
+
 /// The Kafka producer the mode needs: one that answers within the publish deadline, or in
 /// spool mode the forwarder's, which never gives a record up. librdkafka checks every
-/// `KAFKA_*` property here, so `main` creates it before anything is logged.
-pub fn kafka_publisher(settings: &Settings) -> Result<KafkaPublisher, ConfigError> {
+/// `KAFKA_*` property here.
+fn kafka_publisher(settings: &Settings) -> Result<KafkaPublisher, ConfigError> {
     match settings.ack_mode {
         AckMode::Kafka => KafkaPublisher::new(&settings.kafka, settings.publish_timeout),
         AckMode::Spool(_) => KafkaPublisher::unbounded(&settings.kafka, settings.publish_timeout),
@@ -267,7 +260,7 @@ pub fn kafka_publisher(settings: &Settings) -> Result<KafkaPublisher, ConfigErro
 
 /// What webhooks are handed to: the producer itself, or in spool mode the spool (recovered
 /// from its directory, its forwarder started) in front of it.
-pub fn backend(settings: &Settings, kafka: KafkaPublisher) -> Result<Backend, StartupError> {
+fn backend(settings: &Settings, kafka: KafkaPublisher) -> Result<Backend, StartupError> {
     Ok(match &settings.ack_mode {
         AckMode::Kafka => Backend::Kafka(Arc::new(kafka)),
         AckMode::Spool(spool) => Backend::Spool(Arc::new(Spool::open(
@@ -332,21 +325,5 @@ async fn probe_kafka(
         }
         metrics.ready.set(i64::from(health.readiness().is_ok()));
         tokio::time::sleep(PROBE_INTERVAL).await;
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
     }
 }

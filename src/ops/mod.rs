@@ -1,6 +1,7 @@
 //! Operations: liveness, readiness and Prometheus metrics on the admin port, never the public
 //! one, and the quarantine's re-drive.
 
+pub mod client;
 mod health;
 mod metrics;
 

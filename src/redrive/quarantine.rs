@@ -3,7 +3,6 @@
 //! [`crate::spool::quarantine`]). Plain HTTP/1.0 to the admin port: the runtime image has no
 //! curl, and `kubectl exec` reaches the pod's loopback.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use super::Summary;
@@ -20,36 +19,17 @@ struct Answer {
     error: Option<String>,
 }
 
-/// Asks the bridge whose admin address is `admin` (its `BRIDGE_ADMIN_ADDR`; the port is what
-/// counts, the request goes to 127.0.0.1).
-pub fn ask(admin: &str, dry_run: bool) -> (Summary, Result<(), String>) {
-    let port = admin.rsplit(':').next().unwrap_or("9090");
+/// Asks the bridge listening on this host's admin `port`.
+pub fn ask(port: &str, dry_run: bool) -> (Summary, Result<(), String>) {
     let path = match dry_run {
         true => "/quarantine/redrive?dryRun=true",
         false => "/quarantine/redrive",
     };
-    let answer = (|| -> std::io::Result<String> {
-        let address = format!("127.0.0.1:{port}")
-            .parse()
-            .map_err(|_| std::io::Error::other(format!("bad admin port `{port}`")))?;
-        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(ANSWER_WITHIN))?;
-        write!(stream, "POST {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n")?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
-    })();
-    let answer = match answer {
+    let (status, body) = match crate::ops::client::call(port, "POST", path, ANSWER_WITHIN) {
         Ok(answer) => answer,
-        Err(error) => {
-            return (
-                Summary::default(),
-                Err(format!("no bridge answers on 127.0.0.1:{port}: {error}")),
-            );
-        }
+        Err(error) => return (Summary::default(), Err(error)),
     };
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    match serde_json::from_str::<Answer>(body) {
+    match serde_json::from_str::<Answer>(&body) {
         Ok(Answer {
             summary,
             error: None,
@@ -60,10 +40,7 @@ pub fn ask(admin: &str, dry_run: bool) -> (Summary, Result<(), String>) {
         }) => (summary, Err(error)),
         Err(_) => (
             Summary::default(),
-            Err(format!(
-                "the bridge answered: {}",
-                answer.lines().next().unwrap_or_default()
-            )),
+            Err(format!("the bridge answered {status}: {body}")),
         ),
     }
 }
