@@ -312,7 +312,7 @@ async fn probe_kafka(
         .unwrap_or_else(|e| Err(KafkaUnusable::Unreachable(e.to_string())));
         metrics.kafka_up.set(i64::from(verdict.is_ok()));
         if let Some(reason) = backend.fatal_error().filter(|_| health.liveness().is_ok()) {
-            tracing::error!("Liveness now fails: {reason}");
+            tracing::error!(reason = %reason, "Liveness now fails");
             health.set_fatal(reason);
         }
         let queue = backend.queue();
@@ -320,7 +320,7 @@ async fn probe_kafka(
         health.set_queue_full(queue.limit > 0 && queue.waiting >= queue.limit * 9 / 10);
         match (&verdict, health.set_kafka(verdict.clone())) {
             (Ok(()), true) => tracing::info!("Kafka reachable; all topics present"),
-            (Err(reason), true) => tracing::warn!("Kafka not usable: {reason}"),
+            (Err(reason), true) => tracing::warn!(reason = %reason, "Kafka not usable"),
             _ => {}
         }
         metrics.ready.set(i64::from(health.readiness().is_ok()));

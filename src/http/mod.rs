@@ -129,7 +129,9 @@ async fn receive_webhook(
         tracing::warn!(
             code = error.code(),
             status = status.as_u16(),
-            "Webhook refused: {error}"
+            error = %error,
+
+            "Webhook refused"
         );
     }
     result
@@ -222,7 +224,9 @@ async fn accept(
                         object_id = %webhook.object_id,
                         chat_id = webhook.message.as_ref().map(|m| &*m.chat_id),
                         %topic,
-                        "Event not stored: {error}"
+                        error = %error,
+
+                        "Event not stored"
                     );
                     if let PublishError::Poison(refused) = &error {
                         let letter = ingress
@@ -267,7 +271,9 @@ async fn accept(
                     tracing::warn!(
                         dead_letter_id = %id,
                         code = rejection.code(),
-                        "Dead letter not stored: {error}"
+                        error = %error,
+
+                        "Dead letter not stored"
                     );
                 })?;
             ingress.metrics.observe_dead_letter(rejection.code());
@@ -297,7 +303,9 @@ async fn dead_letter_refused(ingress: &Ingress, letter: crate::publish::Record, 
             tracing::error!(
                 event_id = %id,
                 code,
-                "Event refused by Kafka for good, and the dead-letter topic did not take it either; nothing stored: {error}"
+                error = %error,
+
+                "Event refused by Kafka for good, and the dead-letter topic did not take it either; nothing stored"
             );
             false
         }

@@ -239,7 +239,7 @@ impl KafkaPublisher {
             });
         if let Err(error) = spawned {
             self.inner.scheduled.store(false, Ordering::Release);
-            tracing::error!("A dead Kafka producer could not be replaced: {error}");
+            tracing::error!(error = %error, "A dead Kafka producer could not be replaced");
         }
     }
 

@@ -354,7 +354,9 @@ impl<S: Sink> Forwarder<S> {
     ) -> bool {
         tracing::warn!(
             retry_in_ms = backoff.as_millis() as u64,
-            "Spool forwarding held up, sending again from the oldest unacknowledged record: {reason}"
+            reason = %reason,
+
+            "Spool forwarding held up, sending again from the oldest unacknowledged record"
         );
         self.shared.set_forward_error(Some(reason));
         let waited = tokio::select! {
@@ -373,7 +375,7 @@ impl<S: Sink> Forwarder<S> {
             return;
         }
         if let Err(error) = segments::write_checkpoint(&self.dir, acknowledged) {
-            tracing::warn!("Spool checkpoint not written (records may be sent again): {error}");
+            tracing::warn!(error = %error, "Spool checkpoint not written (records may be sent again)");
         }
         for segment in checkpointed.segment..acknowledged.segment {
             let path = segments::segment_path(&self.dir, segment);
@@ -387,7 +389,9 @@ impl<S: Sink> Forwarder<S> {
                 }
                 Err(error) => tracing::warn!(
                     segment = %path.display(),
-                    "Forwarded spool segment not deleted: {error}"
+                    error = %error,
+
+                    "Forwarded spool segment not deleted"
                 ),
             }
         }

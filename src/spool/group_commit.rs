@@ -87,7 +87,9 @@ pub(super) fn write_loop(
                 // space, and readiness says the spool is full meanwhile.
                 if !shared.disk_full.swap(true, Ordering::AcqRel) {
                     tracing::warn!(
-                        "Spool volume full; answering 503 spool_full until forwarding frees space: {error}"
+                        error = %error,
+
+                        "Spool volume full; answering 503 spool_full until forwarding frees space"
                     );
                 }
                 shared.release(bytes as u64);

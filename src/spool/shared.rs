@@ -123,7 +123,9 @@ impl Shared {
 
     pub(super) fn fail(&self, reason: String) {
         tracing::error!(
-            "Spool write failed; no more events are accepted until a restart: {reason}"
+            reason = %reason,
+
+            "Spool write failed; no more events are accepted until a restart"
         );
         *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
@@ -132,7 +134,9 @@ impl Shared {
         let mut failed = lock(&self.forwarding_failed);
         if failed.is_none() {
             tracing::error!(
-                "Spool forwarding stopped; liveness fails so a restart recovers: {reason}"
+                reason = %reason,
+
+                "Spool forwarding stopped; liveness fails so a restart recovers"
             );
             *failed = Some(reason);
         }

@@ -76,7 +76,7 @@ impl<S: Sink> Forwarder<S> {
             entry.record.topic,
             refused.code_name()
         );
-        tracing::error!(event_id = %id, to = ?to, "Spooled record set aside: {reason}");
+        tracing::error!(event_id = %id, to = ?to, reason = %reason, "Spooled record set aside");
         self.shared.count_set_aside(to, reason);
         Ok(())
     }
