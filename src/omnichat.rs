@@ -10,6 +10,10 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub mod time;
+
+pub use time::SentTime;
+
 /// Why a body is not a usable webhook. Each variant has a stable `code` for the HTTP error and
 /// the dead-letter header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,7 +127,7 @@ pub struct Webhook<'a> {
     pub resource: Resource<'a>,
     pub action: Action<'a>,
     /// As sent; its forms are read in [`crate::event::time`].
-    pub timestamp: Option<&'a RawValue>,
+    pub timestamp: Option<SentTime<'a>>,
     /// Present exactly when `resource` is `Message`.
     pub message: Option<Message<'a>>,
 }
@@ -138,8 +142,8 @@ pub struct Message<'a> {
     pub system: Option<bool>,
     pub kind: Option<Cow<'a, str>>,
     pub text: Option<Cow<'a, str>>,
-    pub created_at: Option<&'a RawValue>,
-    pub updated_at: Option<&'a RawValue>,
+    pub created_at: Option<SentTime<'a>>,
+    pub updated_at: Option<SentTime<'a>>,
     pub user_id: Option<Cow<'a, str>>,
     pub route_to_user_id: Option<Cow<'a, str>>,
     pub route_to_team_id: Option<Cow<'a, str>>,
@@ -290,7 +294,7 @@ impl<'a> Webhook<'a> {
             object_id,
             resource,
             action,
-            timestamp: envelope.timestamp,
+            timestamp: envelope.timestamp.map(SentTime::read),
             message,
         })
     }
@@ -325,8 +329,8 @@ impl<'a> Message<'a> {
                 .and_then(|raw| serde_json::from_str(raw.get()).ok()),
             kind: payload.kind.and_then(as_str),
             text: payload.text.and_then(as_str),
-            created_at: payload.created_at,
-            updated_at: payload.updated_at,
+            created_at: payload.created_at.map(SentTime::read),
+            updated_at: payload.updated_at.map(SentTime::read),
             user_id: pointer_id(payload.user),
             route_to_user_id: pointer_id(payload.route_to_user),
             route_to_team_id: pointer_id(payload.route_to_team),

@@ -14,11 +14,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use time::format as rfc3339;
 
 use crate::config::Topics;
-use crate::omnichat::{Action, Rejection, Resource, Webhook};
+use crate::omnichat::{Action, Rejection, Resource, SentTime, Webhook};
 use crate::publish::{Header, Record};
 
 /// What the bridge knows about a request besides its body.
@@ -46,11 +45,11 @@ impl Normalizer {
 
     /// The record for a webhook.
     pub fn event(&self, webhook: &Webhook<'_>, receipt: &Receipt<'_>) -> Record {
-        let read_time = |raw: Option<&RawValue>| raw.and_then(time::parse).map(rfc3339);
-        let occurred_at = read_time(webhook.timestamp);
+        let written = |sent: Option<SentTime<'_>>| sent.and_then(|t| t.instant).map(rfc3339);
+        let occurred_at = written(webhook.timestamp);
         let message = webhook.message.as_ref();
-        let created_at = read_time(message.and_then(|m| m.created_at));
-        let updated_at = read_time(message.and_then(|m| m.updated_at));
+        let created_at = written(message.and_then(|m| m.created_at));
+        let updated_at = written(message.and_then(|m| m.updated_at));
         let id = match receipt.signed_id {
             Some(signed) => signed.to_owned(),
             None => id::for_webhook(
