@@ -3,18 +3,24 @@
 //!
 //! The modules follow a webhook's path:
 //!
-//! - [`config`]: environment variables to validated [`config::Settings`]; secrets wrapped.
+//! - [`config`]: environment variables to validated [`config::Settings`]; each `BRIDGE_*`
+//!   variable declared once in [`config::variables`]; secrets wrapped.
 //! - [`http`]: the public server (every request's headers on a deadline), the ingress route,
 //!   authentication, and the one mapping from errors to statuses.
-//! - [`omnichat`]: OmniChat's wire format, tolerant of unknown fields and values.
-//! - [`event`]: normalization into the schema-1 value, CloudEvents headers and event ids.
-//! - [`publish`]: the [`publish::Publisher`] seam, its Kafka implementation (producer
-//!   generations) and [`publish::refusal`], the classes of Kafka's refusals.
-//! - [`spool`]: spool mode's durable local log, its recovery, and the forwarder that drains it
-//!   to Kafka and sets aside what Kafka refuses for good.
-//! - [`ops`]: liveness, readiness and metrics on the admin port.
-//! - [`startup`]: binding, running, and the shutdown sequence.
-//! - [`telemetry`]: structured logs.
+//! - [`omnichat`]: OmniChat's wire format, parsed into types (times included) at the edge.
+//! - [`event`]: normalization into the schema-1 value, CloudEvents headers, event ids, and the
+//!   dead-letter format.
+//! - [`publish`]: the [`publish::Publisher`] seam (it only publishes), its Kafka
+//!   implementation (producer generations) and [`publish::refusal`], the classes of Kafka's
+//!   refusals.
+//! - [`spool`]: spool mode's durable local log ([`spool::segments`]), its recovery, the
+//!   quarantine, and the forwarder that drains it to Kafka and sets aside what Kafka refuses
+//!   for good.
+//! - [`backend`]: what startup owns, Kafka or the spool, with its lifecycle and health.
+//! - [`ops`]: liveness, readiness (with stable codes) and metrics on the admin port.
+//! - [`redrive`]: dead letters and quarantined records back through today's normalization.
+//! - [`startup`]: booting and running; [`shutdown`]: the shutdown sequence.
+//! - [`cli`]: the commands; [`telemetry`]: structured logs.
 
 pub mod backend;
 pub mod cli;

@@ -12,7 +12,7 @@
 //!
 //! Two sources: the dead-letter topic ([`topic`], `omnichat-bridge redrive`), and a spool's
 //! quarantine, which the running bridge re-drives on request (see
-//! [`crate::spool::quarantine`]).
+//! `spool::quarantine`).
 
 pub mod options;
 pub mod quarantine;

@@ -1,7 +1,7 @@
 //! Settings, read once from the environment and validated before anything starts.
 //!
 //! Every `BRIDGE_*` variable is declared once, in [`variables`]; `KAFKA_*` variables are
-//! librdkafka properties ([`kafka`]). A bad value stops the process with one line naming the
+//! librdkafka properties (`config::kafka`). A bad value stops the process with one line naming the
 //! variable ([`ConfigError`]); nothing is guessed.
 
 mod auth;

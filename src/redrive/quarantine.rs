@@ -1,6 +1,6 @@
 //! `omnichat-bridge redrive --quarantine`: asks the bridge running beside it to re-drive its
 //! spool's quarantine (the bridge holds the spool's lock, so it does the work; see
-//! [`crate::spool::quarantine`]). Plain HTTP/1.0 to the admin port: the runtime image has no
+//! `spool::quarantine`). Plain HTTP/1.0 to the admin port: the runtime image has no
 //! curl, and `kubectl exec` reaches the pod's loopback.
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Setting aside a record Kafka refuses for good: to the dead-letter topic in the dead-letter
 //! format when that topic takes it, else to the quarantine under `BRIDGE_SPOOL_DIR`.
 //!
-//! The quarantine is described in [`quarantine`](crate::spool::quarantine).
+//! The quarantine is described in [`quarantine`].
 
 use std::time::Duration;
 

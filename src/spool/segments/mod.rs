@@ -14,9 +14,9 @@
 //! by Kafka, with its own checksum. Losing an update only means records are sent again, never
 //! that one is skipped, so it is written without an fsync (see [`write_checkpoint`]).
 //!
-//! Along a record's life: [`frame`] encodes and decodes one record, [`writer`] appends frames
-//! to segments, [`reader`] reads them back for the forwarder, [`checkpoint`] remembers how far
-//! Kafka acknowledged, and [`recovery`] checks everything at start.
+//! Along a record's life: `frame` encodes and decodes one record, `writer` appends frames
+//! to segments, `reader` reads them back for the forwarder, `checkpoint` remembers how far
+//! Kafka acknowledged, and `recovery` checks everything at start.
 
 mod checkpoint;
 mod frame;
