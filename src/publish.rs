@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A header name or value: constants borrow, per-event values (and records read back from the
-/// spool) own.
+/// A header name or value: constants borrow, per-event values (and records read back from
+/// disk) own.
 pub type Header = Cow<'static, str>;
 
 /// One Kafka record, ready to send.
@@ -66,8 +66,8 @@ fn varint_len(length: usize) -> usize {
 pub enum Stored {
     /// Acknowledged by the broker at this partition and offset.
     Kafka { partition: i32, offset: i64 },
-    /// Fsynced to the local spool; the forwarder takes it to Kafka.
-    Spooled,
+    /// Fsynced to local disk, to be forwarded to Kafka later.
+    OnDisk,
 }
 
 /// Why a record was not stored. Every variant but `TooLarge` and `Poison` means the sender
@@ -78,8 +78,9 @@ pub enum PublishError {
     QueueFull,
     #[error("the record is {size} bytes; Kafka takes at most {limit} (message.max.bytes)")]
     TooLarge { size: usize, limit: usize },
-    #[error("the spool holds its limit of {limit} bytes until Kafka takes the backlog")]
-    SpoolFull { limit: u64 },
+    /// Local disk holds its limit until Kafka takes the backlog.
+    #[error("local storage holds its limit of {limit} bytes until Kafka takes the backlog")]
+    DiskFull { limit: u64 },
     #[error("Kafka did not acknowledge the record within {0:?}")]
     Timeout(Duration),
     #[error("Kafka did not take the record: {0}")]

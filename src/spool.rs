@@ -265,7 +265,7 @@ impl Publisher for Spool {
         let queued = self.append(&record);
         Box::pin(async move {
             match queued?.await {
-                Ok(Ok(())) => Ok(Stored::Spooled),
+                Ok(Ok(())) => Ok(Stored::OnDisk),
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(PublishError::Failed("the spool writer stopped".to_owned())),
             }

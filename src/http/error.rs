@@ -61,7 +61,7 @@ impl IngressError {
             } if refused.is_too_large() => "payload_too_large",
             IngressError::NotStored(PublishError::Poison(_))
             | IngressError::RefusedByKafka { .. } => "refused_by_kafka",
-            IngressError::NotStored(PublishError::SpoolFull { .. }) => "spool_full",
+            IngressError::NotStored(PublishError::DiskFull { .. }) => "spool_full",
             IngressError::NotStored(PublishError::Timeout(_)) => "publish_timeout",
             IngressError::NotStored(PublishError::Failed(_)) => "publish_failed",
             IngressError::NotFound => "not_found",

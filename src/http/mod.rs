@@ -249,7 +249,7 @@ async fn accept(
             );
             let (partition, offset) = match stored {
                 Stored::Kafka { partition, offset } => (Some(partition), Some(offset)),
-                Stored::Spooled => (None, None),
+                Stored::OnDisk => (None, None),
             };
             Ok(HttpResponse::Accepted().json(Accepted {
                 id: &id,
@@ -257,7 +257,7 @@ async fn accept(
                 topic: &topic,
                 partition,
                 offset,
-                spooled: stored == Stored::Spooled,
+                spooled: stored == Stored::OnDisk,
             }))
         }
         Err(rejection) => {

@@ -94,7 +94,7 @@ pub(super) fn write_loop(
                 }
                 shared.release(bytes as u64);
                 for append in batch.drain(..) {
-                    let _ = append.done.send(Err(PublishError::SpoolFull {
+                    let _ = append.done.send(Err(PublishError::DiskFull {
                         limit: shared.limit,
                     }));
                 }

@@ -171,7 +171,7 @@ impl Shared {
                 (used + bytes <= self.limit).then_some(used + bytes)
             })
             .map(drop)
-            .map_err(|_| PublishError::SpoolFull { limit: self.limit })
+            .map_err(|_| PublishError::DiskFull { limit: self.limit })
     }
 
     pub(super) fn release(&self, bytes: u64) {

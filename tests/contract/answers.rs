@@ -144,7 +144,7 @@ async fn unstored_records_are_503_with_retry_after_and_a_code_per_cause() {
             "publish_failed",
         ),
         (
-            Answer::Fail(PublishError::SpoolFull { limit: 1 }),
+            Answer::Fail(PublishError::DiskFull { limit: 1 }),
             "spool_full",
         ),
     ];
