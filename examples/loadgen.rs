@@ -173,6 +173,13 @@ impl Tally {
             "accepted_per_second": accepted as f64 / elapsed.as_secs_f64(),
             "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
             "max_ms": self.latencies_us.last().copied().unwrap_or_default() as f64 / 1000.0,
+            // The whole distribution, HdrHistogram-style: percentiles at 1 - 10^(-k/8).
+            "percentiles": (0..=40)
+                .map(|k| {
+                    let p = 1.0 - 10f64.powf(-f64::from(k) / 8.0);
+                    json!([p * 100.0, pct(p.max(1e-9))])
+                })
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -325,12 +332,19 @@ fn verify(bootstrap: &str, topics: &str, receipts: &str) -> serde_json::Value {
     consumer.assign(&assignment).expect("assign");
     // (topic, partition, offset) -> ce_id of every record in the topics.
     let mut stored: HashMap<(String, i32, i64), String> = HashMap::new();
+    // Events of the wrk load (`"objectId":"wrk…"`), which keeps no receipts: counted distinct.
+    let mut wrk_events: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
     let mut idle = Instant::now();
     // Read until nothing arrives for 3 s, not just up to the watermarks: they are the broker's
     // own claim, and the point is to check the broker.
     while idle.elapsed() < Duration::from_secs(3) {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             idle = Instant::now();
+            if let Some(value) = message.payload()
+                && let Some(at) = value.windows(16).position(|w| w == b"\"objectId\":\"wrk")
+            {
+                wrk_events.insert(value[at..(at + 30).min(value.len())].to_vec());
+            }
             let id = message
                 .headers()
                 .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value))
@@ -377,7 +391,7 @@ fn verify(bootstrap: &str, topics: &str, receipts: &str) -> serde_json::Value {
             }
         }
     }
-    json!({"mode": "verify", "accepted": accepted, "records": stored.len(), "watermark_records": expected_total,
+    json!({"mode": "verify", "accepted": accepted, "wrk_events": wrk_events.len(), "records": stored.len(), "watermark_records": expected_total,
            "missing": missing.len(), "misplaced": misplaced, "first_missing": missing.iter().take(10).collect::<Vec<_>>()})
 }
 

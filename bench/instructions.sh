@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Instructions per event, counted by valgrind's callgrind: repeatable whatever else the machine
+# does, so it compares the floor and both modes without the noise of a shared 2-core box. Each
+# server runs under callgrind with collection off through its start; collection is switched on,
+# wrk sends the fixed 700-byte message (bench/wrk-message.lua) over 16 connections for SECONDS,
+# spool mode is left to drain, and the dump's total (every thread: workers, librdkafka, the
+# spool's writer and forwarder) is divided by the requests answered.
+#   bench/instructions.sh        # SECONDS=10
+# Writes bench/out/callgrind.<server>.out, readable with callgrind_annotate for a profile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH="${SECONDS_EACH:-10}"
+TOKEN=bench-token-0123456789abcdef
+out=bench/out
+mkdir -p "$out"
+cargo build --release --locked --bin omnichat-bridge --example floor >&2
+source scripts/broker.sh
+for topic in omnichat.messages omnichat.interactions omnichat.orders omnichat.other omnichat.deadletter; do
+  "$TANSU_BIN" topic create "$topic" --broker "tcp://$BROKER_ADDR" --partitions 6 >/dev/null
+done
+# Up when it answers anything but a 5xx (the floor has no readiness route; a 404 will do).
+wait_for() {
+  for _ in $(seq 1 600); do
+    curl -s -o /dev/null -w '%{http_code}' "$1" | grep -q '^[234]' && return 0
+    sleep 0.1
+  done
+  echo "not up: $1" >&2; return 1
+}
+
+# count NAME URL READY_URL [DRAINED_URL] -- COMMAND...
+count() {
+  local name=$1 url=$2 ready=$3 drained=$4; shift 5
+  rm -f "$out/callgrind.$name.out"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/callgrind.$name.out" \
+    "$@" 2>"$out/callgrind.$name.log" &
+  local pid=$!
+  wait_for "$ready"
+  callgrind_control -i on "$pid" >/dev/null
+  local result
+  result=$(BENCH_TOKEN="$TOKEN" wrk -t1 -c16 -d"${SECONDS_EACH}s" -s bench/wrk-message.lua "$url" | grep '^{')
+  if [ -n "$drained" ]; then
+    for _ in $(seq 1 1200); do
+      curl -fs "$drained" | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["spool"]["records"] != 0)' && break
+      sleep 0.1
+    done
+  fi
+  callgrind_control -i off "$pid" >/dev/null
+  kill -TERM "$pid"; wait "$pid" || true
+  python3 - "$name" "$out/callgrind.$name.out" "$result" <<'PY'
+import json, sys
+name, path, result = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+total = 0
+for line in open(path):
+    if line.startswith("summary:") or line.startswith("totals:"):
+        total = max(total, int(line.split()[1]))
+print(json.dumps({"server": name, "requests": result["requests"], "accepted": result["accepted"],
+                  "instructions": total, "instructions_per_event": total / max(result["requests"], 1)}))
+PY
+}
+
+bridge_env=(env KAFKA_BOOTSTRAP_SERVERS="$BROKER_ADDR" BRIDGE_AUTH_TOKENS="$TOKEN"
+  BRIDGE_LISTEN_ADDR=127.0.0.1:18080 BRIDGE_ADMIN_ADDR=127.0.0.1:19090
+  BRIDGE_SHUTDOWN_DELAY_MS=0 RUST_LOG=warn)
+spool_dir="$out/spool-callgrind"
+rm -rf "$spool_dir"
+{
+  count floor http://127.0.0.1:18081/webhooks/omnichat http://127.0.0.1:18081/ "" -- \
+    env FLOOR_ADDR=127.0.0.1:18081 target/release/examples/floor
+  count kafka http://127.0.0.1:18080/webhooks/omnichat http://127.0.0.1:19090/readyz "" -- \
+    "${bridge_env[@]}" target/release/omnichat-bridge
+  count spool http://127.0.0.1:18080/webhooks/omnichat http://127.0.0.1:19090/readyz \
+    http://127.0.0.1:19090/readyz -- \
+    "${bridge_env[@]}" BRIDGE_ACK_MODE=spool BRIDGE_SPOOL_DIR="$spool_dir" target/release/omnichat-bridge
+} | tee "$out/instructions.jsonl" | python3 -c '
+import json, sys
+rows = {r["server"]: r for r in map(json.loads, sys.stdin)}
+for name in ("floor", "kafka", "spool"):
+    r = rows[name]
+    print(f"  {name:6} {r[\"instructions_per_event\"]:>12,.0f} instructions/event ({r[\"requests\"]:,} requests)")
+print(f"  kafka/floor {rows[\"kafka\"][\"instructions_per_event\"] / rows[\"floor\"][\"instructions_per_event\"]:.2f}, "
+      f"spool/kafka {rows[\"spool\"][\"instructions_per_event\"] / rows[\"kafka\"][\"instructions_per_event\"]:.2f}")
+' >&2
