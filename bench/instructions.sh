@@ -31,8 +31,15 @@ wait_for() {
 count() {
   local name=$1 url=$2 ready=$3 drained=$4; shift 5
   rm -f "$out/callgrind.$name.out"
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/callgrind.$name.out" \
-    "$@" 2>"$out/callgrind.$name.log" &
+  # `env A=B program`: valgrind goes between the assignments and the program, so that it runs
+  # the program itself (it does not follow env's exec).
+  local assignments=()
+  if [ "$1" = env ]; then
+    shift
+    while [[ "$1" == *=* ]]; do assignments+=("$1"); shift; done
+  fi
+  env "${assignments[@]}" valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$out/callgrind.$name.out" "$@" 2>"$out/callgrind.$name.log" &
   local pid=$!
   wait_for "$ready"
   callgrind_control -i on "$pid" >/dev/null
@@ -71,12 +78,13 @@ rm -rf "$spool_dir"
   count spool http://127.0.0.1:18080/webhooks/omnichat http://127.0.0.1:19090/readyz \
     http://127.0.0.1:19090/readyz -- \
     "${bridge_env[@]}" BRIDGE_ACK_MODE=spool BRIDGE_SPOOL_DIR="$spool_dir" target/release/omnichat-bridge
-} | tee "$out/instructions.jsonl" | python3 -c '
+} > "$out/instructions.jsonl"
+python3 - "$out/instructions.jsonl" <<'PY' >&2
 import json, sys
-rows = {r["server"]: r for r in map(json.loads, sys.stdin)}
+rows = {r["server"]: r for r in map(json.loads, open(sys.argv[1]))}
 for name in ("floor", "kafka", "spool"):
     r = rows[name]
-    print(f"  {name:6} {r[\"instructions_per_event\"]:>12,.0f} instructions/event ({r[\"requests\"]:,} requests)")
-print(f"  kafka/floor {rows[\"kafka\"][\"instructions_per_event\"] / rows[\"floor\"][\"instructions_per_event\"]:.2f}, "
-      f"spool/kafka {rows[\"spool\"][\"instructions_per_event\"] / rows[\"kafka\"][\"instructions_per_event\"]:.2f}")
-' >&2
+    print(f"  {name:6} {r['instructions_per_event']:>12,.0f} instructions/event ({r['requests']:,} requests)")
+kafka, floor, spool = (rows[n]["instructions_per_event"] for n in ("kafka", "floor", "spool"))
+print(f"  kafka/floor {kafka / floor:.2f}, spool/kafka {spool / kafka:.2f}")
+PY

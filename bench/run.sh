@@ -74,6 +74,7 @@ r["cpu_us_per_event"] = ticks / hz * 1e6 / max(r["requests"], 1)
 r["peak_rss_mib"] = rss / 1024
 r["drain_s"] = drain
 r["sustained_per_second"] = r["accepted"] / (r["seconds"] + drain)
+r.setdefault("accepted_per_second", r["accepted"] / r["seconds"])
 print(json.dumps(r))' "$((after - before))" "$clk_tck" "$name" "$(peak_rss_kib "$pid")" \
       "$(python3 -c "print(float('$ended') - float('$started'))")"
   done

@@ -340,8 +340,9 @@ fn verify(bootstrap: &str, topics: &str, receipts: &str) -> serde_json::Value {
     while idle.elapsed() < Duration::from_secs(3) {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             idle = Instant::now();
+            const WRK: &[u8] = b"\"objectId\":\"wrk";
             if let Some(value) = message.payload()
-                && let Some(at) = value.windows(16).position(|w| w == b"\"objectId\":\"wrk")
+                && let Some(at) = value.windows(WRK.len()).position(|w| w == WRK)
             {
                 wrk_events.insert(value[at..(at + 30).min(value.len())].to_vec());
             }

@@ -233,6 +233,11 @@ fn json_error(error: &serde_json::Error) -> Rejection {
 /// Whether `body`, valid JSON, nests arrays and objects deeper than `limit`, counted in the
 /// bytes as received (brackets inside strings do not count).
 fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
+    // Depth never exceeds the number of openers. Counting them is one vectorized pass, a
+    // fraction of the exact scan below, and settles nearly every real webhook.
+    if body.iter().filter(|&&b| b == b'[' || b == b'{').count() <= limit {
+        return false;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &byte in body {
         if in_string {

@@ -97,7 +97,7 @@ impl Normalizer {
         headers.push((Header::Borrowed("ce_id"), Header::Owned(id)));
         headers.push((
             Header::Borrowed("ce_source"),
-            Header::Owned(self.source.to_string()),
+            Header::Owned(String::from(&*self.source)),
         ));
         headers.push((Header::Borrowed("ce_type"), kind));
         headers.push((Header::Borrowed("ce_time"), Header::Owned(time)));
@@ -138,7 +138,7 @@ impl Normalizer {
             (Header::Borrowed("ce_id"), Header::Owned(id.clone())),
             (
                 Header::Borrowed("ce_source"),
-                Header::Owned(self.source.to_string()),
+                Header::Owned(String::from(&*self.source)),
             ),
             (
                 Header::Borrowed("ce_type"),

@@ -282,3 +282,48 @@ fn decodes_escaped_strings() {
         "a\u{e9}\"b"
     );
 }
+
+mod nesting {
+    use proptest::prelude::*;
+
+    use super::super::nesting_exceeds;
+
+    /// The exact scan alone, without the openers' shortcut.
+    fn reference(body: &[u8], limit: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &byte in body {
+            if in_string {
+                match byte {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    proptest! {
+        #[test]
+        fn the_shortcut_never_changes_the_verdict(
+            body in proptest::collection::vec(
+                prop::sample::select(b"[]{}\"\\a,".to_vec()), 0..400),
+            limit in 0usize..40,
+        ) {
+            prop_assert_eq!(nesting_exceeds(&body, limit), reference(&body, limit));
+        }
+    }
+}
