@@ -58,7 +58,7 @@ drive() {
     elif [ "$regime" = open ]; then
       result=$("$loadgen" open "$url" "$TOKEN" "$RATE" "$SECONDS_EACH")
     else
-      result=$(BENCH_TOKEN="$TOKEN" wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_EACH}s" \
+      result=$(BENCH_TOKEN="$TOKEN" BENCH_TAG="$name" wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_EACH}s" \
         -s bench/wrk-message.lua "$url" | grep '^{')
     fi
     started=$(date +%s.%N)

@@ -3,6 +3,8 @@
 -- with one thread (`wrk -t1`), so the counter is unique. At the end it prints one JSON line.
 local counter = 0
 local token = os.getenv("BENCH_TOKEN") or "bench-token-0123456789abcdef"
+-- Set per server, so two runs against one broker never send the same objectId.
+local tag = os.getenv("BENCH_TAG") or ""
 local text = string.rep("Olá! Gostaria de saber o status do meu pedido, por favor. ", 6)
 
 wrk.method = "POST"
@@ -11,7 +13,7 @@ wrk.headers["X-Webhook-Token"] = token
 
 request = function()
   counter = counter + 1
-  local id = string.format("wrk%010d", counter)
+  local id = string.format("wrk%s%010d", tag, counter)
   local body = string.format(
     '{"objectId":"%s","resource":"Message","event":"CREATE","timestamp":%d,' ..
     '"payload":{"chat":{"className":"Chat","objectId":"chat%04d"},"platform":"WAB-OMNICHAT",' ..

@@ -344,7 +344,9 @@ fn verify(bootstrap: &str, topics: &str, receipts: &str) -> serde_json::Value {
             if let Some(value) = message.payload()
                 && let Some(at) = value.windows(WRK.len()).position(|w| w == WRK)
             {
-                wrk_events.insert(value[at..(at + 30).min(value.len())].to_vec());
+                let rest = &value[at + WRK.len()..];
+                let end = rest.iter().position(|b| *b == b'"').unwrap_or(rest.len());
+                wrk_events.insert(rest[..end].to_vec());
             }
             let id = message
                 .headers()
