@@ -130,7 +130,6 @@ async fn receive_webhook(
             code = error.code(),
             status = status.as_u16(),
             error = %error,
-
             "Webhook refused"
         );
     }
@@ -225,7 +224,6 @@ async fn accept(
                         chat_id = webhook.message.as_ref().map(|m| &*m.chat_id),
                         %topic,
                         error = %error,
-
                         "Event not stored"
                     );
                     if let PublishError::Poison(refused) = &error {
@@ -272,7 +270,6 @@ async fn accept(
                         dead_letter_id = %id,
                         code = rejection.code(),
                         error = %error,
-
                         "Dead letter not stored"
                     );
                 })?;
@@ -304,7 +301,6 @@ async fn dead_letter_refused(ingress: &Ingress, letter: crate::publish::Record, 
                 event_id = %id,
                 code,
                 error = %error,
-
                 "Event refused by Kafka for good, and the dead-letter topic did not take it either; nothing stored"
             );
             false

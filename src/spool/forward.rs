@@ -355,7 +355,6 @@ impl<S: Sink> Forwarder<S> {
         tracing::warn!(
             retry_in_ms = backoff.as_millis() as u64,
             reason = %reason,
-
             "Spool forwarding held up, sending again from the oldest unacknowledged record"
         );
         self.shared.set_forward_error(Some(reason));
@@ -390,7 +389,6 @@ impl<S: Sink> Forwarder<S> {
                 Err(error) => tracing::warn!(
                     segment = %path.display(),
                     error = %error,
-
                     "Forwarded spool segment not deleted"
                 ),
             }

@@ -88,7 +88,6 @@ pub(super) fn write_loop(
                 if !shared.disk_full.swap(true, Ordering::AcqRel) {
                     tracing::warn!(
                         error = %error,
-
                         "Spool volume full; answering 503 spool_full until forwarding frees space"
                     );
                 }

@@ -124,7 +124,6 @@ impl Shared {
     pub(super) fn fail(&self, reason: String) {
         tracing::error!(
             reason = %reason,
-
             "Spool write failed; no more events are accepted until a restart"
         );
         *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
@@ -135,7 +134,6 @@ impl Shared {
         if failed.is_none() {
             tracing::error!(
                 reason = %reason,
-
                 "Spool forwarding stopped; liveness fails so a restart recovers"
             );
             *failed = Some(reason);
