@@ -28,6 +28,8 @@ pub(super) struct Quarantine {
     /// files nothing writes to any more.
     writer: Mutex<Option<SegmentWriter>>,
     shared: Arc<Shared>,
+    /// One re-drive at a time: two would re-drive the same files twice.
+    redriving: tokio::sync::Mutex<()>,
 }
 
 impl Quarantine {
@@ -36,6 +38,7 @@ impl Quarantine {
             dir: spool_dir.join(segments::QUARANTINE),
             writer: Mutex::new(None),
             shared,
+            redriving: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -164,6 +167,7 @@ impl Spool {
         dry_run: bool,
     ) -> (Summary, Result<(), String>) {
         let quarantine = &self.quarantine;
+        let _one = quarantine.redriving.lock().await;
         let mut summary = Summary::default();
         for (segment, path) in quarantine.seal() {
             let (entries, damaged) = read(&quarantine.dir, segment, &path);
