@@ -25,7 +25,7 @@ mod generations;
 
 use context::Reports;
 pub use context::{Acked, BridgeContext, Delivery, KafkaProducer, Outcome};
-use generations::{Generation, Inner, new_producer};
+use generations::{Generation, Inner, Stall, new_producer};
 
 use super::refusal::{Refused, Verdict};
 use super::{PublishError, PublishFuture, Publisher, QueueDepth, Record, Stored};
@@ -251,12 +251,26 @@ impl KafkaPublisher {
             return;
         };
         let acknowledged = self.inner.reports.acknowledged.load(Ordering::Relaxed);
+        let failed = *self.inner.reports.failed.borrow();
         let waiting = current.producer.in_flight_count() > 0;
         let mut stalled = self.inner.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        // Still stalled while nothing is acknowledged and records wait now, or failed since the
+        // last probe: records that time out between two probes leave nothing in flight for a
+        // moment, and must not restart the clock (after a broker restart that kept the
+        // producer waiting for half a minute).
         let since = match *stalled {
-            Some((seen, since)) if waiting && seen == acknowledged => since,
+            Some(stall)
+                if stall.acknowledged == acknowledged && (waiting || failed > stall.failed) =>
+            {
+                *stalled = Some(Stall { failed, ..stall });
+                stall.since
+            }
             _ => {
-                *stalled = waiting.then(|| (acknowledged, Instant::now()));
+                *stalled = waiting.then(|| Stall {
+                    acknowledged,
+                    failed,
+                    since: Instant::now(),
+                });
                 return;
             }
         };

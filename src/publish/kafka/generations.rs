@@ -18,6 +18,16 @@ pub(super) struct Generation {
     pub(super) producer: Arc<KafkaProducer>,
 }
 
+/// Records waiting with no acknowledgement, as the probe saw them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stall {
+    /// Acknowledgements counted when the stall began: any new one ends it.
+    pub(super) acknowledged: u64,
+    /// Failed deliveries counted at the last probe.
+    pub(super) failed: u64,
+    pub(super) since: Instant,
+}
+
 /// The producer generations behind a [`KafkaPublisher`](super::KafkaPublisher).
 pub(super) struct Inner {
     pub(super) config: ClientConfig,
@@ -33,7 +43,7 @@ pub(super) struct Inner {
     pub(super) broken: Mutex<Option<String>>,
     /// Since when records have been waiting with no acknowledgement, and the count of
     /// acknowledgements then.
-    pub(super) stalled: Mutex<Option<(u64, Instant)>>,
+    pub(super) stalled: Mutex<Option<Stall>>,
 }
 
 impl Inner {
