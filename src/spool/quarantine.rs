@@ -21,6 +21,10 @@ use crate::event::Normalizer;
 use crate::publish::{Publisher, Record};
 use crate::redrive::{Summary, refusal_code, renormalize};
 
+/// A quarantine file rolls to the next past this size: a re-drive holds one file's records in
+/// memory at a time, so this bounds what it holds (a spool may quarantine up to its limit).
+const SEGMENT_BYTES: u64 = 16 << 20;
+
 #[derive(Debug)]
 pub(super) struct Quarantine {
     dir: PathBuf,
@@ -51,7 +55,7 @@ impl Quarantine {
             *writer = Some(SegmentWriter::new(
                 &self.dir,
                 next_segment(&self.dir),
-                u64::MAX,
+                SEGMENT_BYTES,
             ));
         }
         let Some(writer) = writer.as_mut() else {
