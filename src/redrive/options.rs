@@ -55,6 +55,17 @@ impl Range {
         *self == Range::default()
     }
 
+    /// Whether the run commits where it ended: plain and `--all` runs; a bounded range would
+    /// hide the dead letters it skipped from the next plain run.
+    pub fn keeps_position(&self) -> bool {
+        self.follows_group()
+            || *self
+                == Range {
+                    all: true,
+                    ..Range::default()
+                }
+    }
+
     /// Whether a record at `offset` written at `timestamp_ms` is in the range.
     pub fn holds(&self, offset: i64, timestamp_ms: Option<i64>) -> bool {
         let at = timestamp_ms.map(|ms| i128::from(ms) * 1_000_000);
@@ -156,6 +167,13 @@ mod tests {
         assert_eq!(options.source, Source::Topic(Range::default()));
         assert!(matches!(options.source, Source::Topic(r) if r.follows_group()));
         assert_eq!(options.group, DEFAULT_GROUP);
+        let keeps = |args: &[&str]| match parse(args).expect("parses").source {
+            Source::Topic(range) => range.keeps_position(),
+            Source::Quarantine => unreachable!(),
+        };
+        assert!(keeps(&[]) && keeps(&["--all"]) && keeps(&["--all", "--dry-run"]));
+        assert!(!keeps(&["--all", "--since", "2026-11-26T10:00:00Z"]));
+        assert!(!keeps(&["--offsets", "3.."]));
     }
 
     #[test]

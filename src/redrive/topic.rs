@@ -237,7 +237,7 @@ impl<'s> Run<'s> {
 
     /// Commits what is settled, forward only, when this run keeps the group's position.
     fn commit(&self) -> Result<(), String> {
-        if self.dry_run || !(self.range.follows_group() || *self.range == Range::all()) {
+        if self.dry_run || !self.range.keeps_position() {
             return Ok(());
         }
         let mut list = TopicPartitionList::new();
@@ -280,15 +280,6 @@ async fn settle(
     }
     settled.insert(item.partition, item.offset + 1);
     Ok(())
-}
-
-impl Range {
-    fn all() -> Self {
-        Self {
-            all: true,
-            ..Self::default()
-        }
-    }
 }
 
 /// The consumer of the dead-letter topic: the operator's `KAFKA_*` properties (brokers,

@@ -17,6 +17,7 @@ async fn the_admin_port_reports_health_readiness_and_metrics() {
         "omnichat_bridge_kafka_up 1",
         "omnichat_bridge_ready 1",
         "omnichat_bridge_in_flight_requests 0",
+        "omnichat_bridge_publish_duration_seconds_count 1",
         "omnichat_bridge_events_total{topic=\"omnichat.messages\",resource=\"Message\",event=\"CREATE\"} 1",
     ] {
         assert!(metrics.contains(expected), "missing {expected}:\n{metrics}");
