@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per event, counted by valgrind's callgrind: repeatable whatever else the machine
-# does, so it compares the floor and both modes without the noise of a shared 2-core box. Each
-# server runs under callgrind with collection off through its start; collection is switched on,
+# does, so it compares the floor, the floor with Kafka and both modes without the noise of a
+# shared 2-core box. It counts user space only: the kernel's share (sockets, fsync, wake-ups),
+# which wall-clock CPU includes, is not in it. Each server runs under callgrind with collection off through its start; collection is switched on,
 # wrk sends the fixed 700-byte message (bench/wrk-message.lua) over 16 connections for SECONDS,
 # spool mode is left to drain, and the dump's total (every thread: workers, librdkafka, the
 # spool's writer and forwarder) is divided by the requests answered.
@@ -13,7 +14,7 @@ SECONDS_EACH="${SECONDS_EACH:-10}"
 TOKEN=bench-token-0123456789abcdef
 out=bench/out
 mkdir -p "$out"
-cargo build --release --locked --bin omnichat-bridge --example floor >&2
+cargo build --release --locked --bin omnichat-bridge --example floor --example floor_kafka >&2
 source scripts/broker.sh
 for topic in omnichat.messages omnichat.interactions omnichat.orders omnichat.other omnichat.deadletter; do
   "$TANSU_BIN" topic create "$topic" --broker "tcp://$BROKER_ADDR" --partitions 6 >/dev/null
@@ -73,6 +74,8 @@ rm -rf "$spool_dir"
 {
   count floor http://127.0.0.1:18081/webhooks/omnichat http://127.0.0.1:18081/ "" -- \
     env FLOOR_ADDR=127.0.0.1:18081 target/release/examples/floor
+  count floor_kafka http://127.0.0.1:18082/webhooks/omnichat http://127.0.0.1:18082/ "" -- \
+    env FLOOR_ADDR=127.0.0.1:18082 KAFKA_BOOTSTRAP_SERVERS="$BROKER_ADDR" target/release/examples/floor_kafka
   count kafka http://127.0.0.1:18080/webhooks/omnichat http://127.0.0.1:19090/readyz "" -- \
     "${bridge_env[@]}" target/release/omnichat-bridge
   count spool http://127.0.0.1:18080/webhooks/omnichat http://127.0.0.1:19090/readyz \
@@ -82,9 +85,10 @@ rm -rf "$spool_dir"
 python3 - "$out/instructions.jsonl" <<'PY' >&2
 import json, sys
 rows = {r["server"]: r for r in map(json.loads, open(sys.argv[1]))}
-for name in ("floor", "kafka", "spool"):
+for name in ("floor", "floor_kafka", "kafka", "spool"):
     r = rows[name]
-    print(f"  {name:6} {r['instructions_per_event']:>12,.0f} instructions/event ({r['requests']:,} requests)")
-kafka, floor, spool = (rows[n]["instructions_per_event"] for n in ("kafka", "floor", "spool"))
-print(f"  kafka/floor {kafka / floor:.2f}, spool/kafka {spool / kafka:.2f}")
+    print(f"  {name:11} {r['instructions_per_event']:>12,.0f} instructions/event ({r['requests']:,} requests)")
+kafka, floor, spool, floor_kafka = (rows[n]["instructions_per_event"] for n in ("kafka", "floor", "spool", "floor_kafka"))
+print(f"  kafka/floor {kafka / floor:.2f}, floor_kafka/floor {floor_kafka / floor:.2f}, "
+      f"kafka/floor_kafka {kafka / floor_kafka:.2f}, spool/kafka {spool / kafka:.2f}")
 PY

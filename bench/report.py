@@ -25,7 +25,7 @@ for mode, title in (("closed", "closed loop, the realistic mix, 256 connections"
                     ("wrk", "wrk, one fixed 700-byte message, 256 connections"),
                     ("open", "open loop, the realistic mix, fixed rate")):
     print(f"\n{title}")
-    print(f"  {'':16} {'kafka':>9} {'spool':>9} {'floor':>9} {'kafka/fl':>9} {'spool/kafka':>11}")
+    print(f"  {'':16} {'kafka':>9} {'spool':>9} {'floor':>9} {'fl+kafka':>9} {'kafka/fl':>9} {'spool/kafka':>11} {'kafka/fl+k':>10}")
     for label, key, fmt in (("accepted/s", "accepted_per_second", "{:,.0f}"),
                             ("sustained/s", "sustained_per_second", "{:,.0f}"),
                             ("CPU us/event", "cpu_us_per_event", "{:.1f}"),
@@ -33,14 +33,15 @@ for mode, title in (("closed", "closed loop, the realistic mix, 256 connections"
                             ("p99.9 ms", "p999_ms", "{:.2f}"), ("peak RSS MiB", "peak_rss_mib", "{:.1f}")):
         if key not in runs[0]["kafka"][mode]:
             continue
-        values = [fmt.format(fig(s, mode, key)) for s in ("kafka", "spool", "floor")]
-        print(f"  {label:16} {values[0]:>9} {values[1]:>9} {values[2]:>9} "
-              f"{ratio('kafka', 'floor', mode, key):>9.2f} {ratio('spool', 'kafka', mode, key):>11.2f}")
+        values = [fmt.format(fig(s, mode, key)) for s in ("kafka", "spool", "floor", "floor_kafka")]
+        print(f"  {label:16} {values[0]:>9} {values[1]:>9} {values[2]:>9} {values[3]:>9} "
+              f"{ratio('kafka', 'floor', mode, key):>9.2f} {ratio('spool', 'kafka', mode, key):>11.2f} "
+              f"{ratio('kafka', 'floor_kafka', mode, key):>10.2f}")
 
 # The median run by kafka mode's open-loop p99, plotted whole.
 chosen = sorted(runs, key=lambda r: r["kafka"]["open"]["p99_ms"])[len(runs) // 2]
-series = {name: chosen[name]["open"]["percentiles"] for name in ("floor", "kafka", "spool")}
-colors = {"floor": "#888888", "kafka": "#1f77b4", "spool": "#d62728"}
+series = {name: chosen[name]["open"]["percentiles"] for name in ("floor", "floor_kafka", "kafka", "spool")}
+colors = {"floor": "#888888", "floor_kafka": "#2ca02c", "kafka": "#1f77b4", "spool": "#d62728"}
 width, height, left, bottom, top, right = 760, 420, 60, 50, 20, 20
 max_ms = max(v for s in series.values() for _, v in s) * 1.05 or 1
 x_of = lambda p: left + (width - left - right) * min(math.log10(1 / max(1 - p / 100, 1e-5)), 5) / 5

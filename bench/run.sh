@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark: the bridge in kafka mode (release build, acks=all against a real tansu broker),
-# the bridge in spool mode (202 after a local fsync, forwarded to the same broker), and the HTTP
-# floor (examples/floor.rs: same web stack, parse JSON, answer 202, no Kafka) under the same
-# load from examples/loadgen.rs, in two regimes:
+# the bridge in spool mode (202 after a local fsync, forwarded to the same broker), the HTTP
+# floor (examples/floor.rs: same web stack, parse JSON, answer 202, no Kafka) and the floor with
+# Kafka (examples/floor_kafka.rs: the floor that also produces each body with the bridge's
+# producer settings and answers after the acknowledgement: the least a durable HTTP-to-Kafka
+# bridge on this stack costs) under the same load from examples/loadgen.rs, in three regimes:
 #   closed: CONNECTIONS connections for SECONDS (throughput, CPU per event, peak RSS)
 #   open:   RATE requests/s for SECONDS on a fixed schedule (latency percentiles)
 #   wrk:    wrk (one thread, CONNECTIONS connections, SECONDS) with one fixed 700-byte text
@@ -24,7 +26,7 @@ out="bench/out"
 mkdir -p "$out"
 export LOADGEN_RECEIPTS="$out/receipts.txt"
 
-cargo build --release --locked --bin omnichat-bridge --example loadgen --example floor >&2
+cargo build --release --locked --bin omnichat-bridge --example loadgen --example floor --example floor_kafka >&2
 loadgen=target/release/examples/loadgen
 source scripts/broker.sh
 topics=(omnichat.messages omnichat.interactions omnichat.orders omnichat.other omnichat.deadletter)
@@ -111,11 +113,20 @@ sleep 0.5
 drive floor "$floor" http://127.0.0.1:18081/webhooks/omnichat > "$out/floor.jsonl"
 kill "$floor"; wait "$floor" 2>/dev/null || true
 
-python3 - "$out/bridge.jsonl" "$out/spool.jsonl" "$out/floor.jsonl" "$stored" <<'PY'
+# The floor with Kafka, last: its records are not the bridge's, so they come after the check.
+FLOOR_ADDR=127.0.0.1:18082 KAFKA_BOOTSTRAP_SERVERS="$BROKER_ADDR" target/release/examples/floor_kafka &
+floor_kafka=$!
+wait_for_any() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
+wait_for_any http://127.0.0.1:18082/
+drive floor_kafka "$floor_kafka" http://127.0.0.1:18082/webhooks/omnichat > "$out/floor_kafka.jsonl"
+kill "$floor_kafka"; wait "$floor_kafka" 2>/dev/null || true
+
+python3 - "$out/bridge.jsonl" "$out/spool.jsonl" "$out/floor.jsonl" "$stored" "$out/floor_kafka.jsonl" <<'PY'
 import json, sys
 load = lambda path: {r["mode"]: r for r in map(json.loads, open(path))}
 kafka, spool, floor = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
 verify = json.loads(sys.argv[4])
+floor_kafka = load(sys.argv[5])
 rows = [("accepted/s", "accepted_per_second", "{:,.0f}"), ("sustained/s", "sustained_per_second", "{:,.0f}"),
         ("p50 ms", "p50_ms", "{:.2f}"), ("p99 ms", "p99_ms", "{:.2f}"), ("p99.9 ms", "p999_ms", "{:.2f}"),
         ("max ms", "max_ms", "{:.1f}"), ("CPU us/event", "cpu_us_per_event", "{:.1f}"),
@@ -125,20 +136,21 @@ titles = {"closed": "closed loop, the realistic mix (256 connections)",
           "wrk": "wrk, one fixed 700-byte message (256 connections)"}
 for mode in ("closed", "open", "wrk"):
     print(f"\n{titles[mode]}")
-    print(f"  {'':14} {'kafka':>10} {'spool':>10} {'floor':>10} {'kafka/fl':>9} {'spool/fl':>9}")
+    print(f"  {'':14} {'kafka':>10} {'spool':>10} {'floor':>10} {'fl+kafka':>10} {'kafka/fl':>9} {'spool/fl':>9} {'kafka/fl+k':>10}")
     for label, key, fmt in rows:
         if key not in kafka[mode]:
             continue
-        k, s, f = kafka[mode][key], spool[mode][key], floor[mode][key]
-        ratio = lambda b: f"{b / f:.2f}" if f else "-"
-        print(f"  {label:14} {fmt.format(k):>10} {fmt.format(s):>10} {fmt.format(f):>10} {ratio(k):>9} {ratio(s):>9}")
+        k, s, f, fk = kafka[mode][key], spool[mode][key], floor[mode][key], floor_kafka[mode][key]
+        ratio = lambda b, base: f"{b / base:.2f}" if base else "-"
+        print(f"  {label:14} {fmt.format(k):>10} {fmt.format(s):>10} {fmt.format(f):>10} {fmt.format(fk):>10} "
+              f"{ratio(k, f):>9} {ratio(s, f):>9} {ratio(k, fk):>10}")
     if mode == "wrk":
         print(f"  non-2xx: kafka {kafka[mode]['non2xx']}, spool {spool[mode]['non2xx']}, floor {floor[mode]['non2xx']}; "
               f"socket errors: kafka {kafka[mode]['errors']}, spool {spool[mode]['errors']}, floor {floor[mode]['errors']}")
     else:
         print(f"  statuses: kafka {kafka[mode]['statuses']}, spool {spool[mode]['statuses']}, floor {floor[mode]['statuses']}")
     print(f"  spool drained {spool[mode]['drain_s']:.1f} s after the load stopped")
-json.dump({"kafka": kafka, "spool": spool, "floor": floor, "verify": verify},
+json.dump({"kafka": kafka, "spool": spool, "floor": floor, "floor_kafka": floor_kafka, "verify": verify},
           open(sys.argv[1].rsplit("/", 1)[0] + "/summary.json", "w"))
 accepted = sum(r["accepted"] for runs in (kafka, spool) for m, r in runs.items() if m != "wrk")
 wrk_accepted = kafka["wrk"]["accepted"] + spool["wrk"]["accepted"]
