@@ -80,7 +80,7 @@ impl KafkaSettings {
                 let variable = self
                     .properties
                     .iter()
-                    .find(|p| &p.name == name)
+                    .find(|p| p.name == canonical(name))
                     .map(|p| p.variable.clone())
                     .unwrap_or_else(|| format!("KAFKA_{}", name.to_uppercase().replace('.', "_")));
                 (variable, description.clone())
@@ -92,9 +92,7 @@ impl KafkaSettings {
                 let variable = self
                     .properties
                     .iter()
-                    .filter(|p| {
-                        reason.contains(&format!("`{}`", p.name)) || reason.contains(&p.name)
-                    })
+                    .filter(|p| mentions(&reason, &p.name))
                     .max_by_key(|p| p.name.len())
                     .map_or_else(|| "KAFKA_*".to_owned(), |p| p.variable.clone());
                 (variable, reason)
@@ -127,11 +125,6 @@ const GUARDED: &[(&str, &[&str], &str)] = &[
         "a 202 promises the record is on every in-sync replica",
     ),
     (
-        "request.required.acks",
-        &["all", "-1"],
-        "a 202 promises the record is on every in-sync replica",
-    ),
-    (
         "partitioner",
         &["murmur2_random", "murmur2"],
         "keys must land where Kafka's Java clients put them",
@@ -157,13 +150,47 @@ const GUARDED: &[(&str, &[&str], &str)] = &[
         "records are bounded by time (BRIDGE_PUBLISH_TIMEOUT_MS), not by a retry count that \
          would fail them early and leave gaps",
     ),
+];
+
+/// librdkafka's second names for properties, each with the name the bridge uses for it.
+/// librdkafka applies properties in the order it is given them, and rdkafka gives them from a
+/// hash map: a property set under both names (the bridge's default under one, the operator's
+/// value under the other) would take either value, differently from one start to the next.
+/// Every `KAFKA_*` variable is therefore read under the bridge's name.
+const ALIASES: &[(&str, &str)] = &[
+    ("metadata.broker.list", "bootstrap.servers"),
+    ("request.required.acks", "acks"),
+    ("delivery.timeout.ms", "message.timeout.ms"),
+    ("queue.buffering.max.ms", "linger.ms"),
+    ("message.send.max.retries", "retries"),
+    ("max.in.flight", "max.in.flight.requests.per.connection"),
+    ("compression.codec", "compression.type"),
+    ("sasl.mechanism", "sasl.mechanisms"),
     (
-        "message.send.max.retries",
-        &["2147483647"],
-        "records are bounded by time (BRIDGE_PUBLISH_TIMEOUT_MS), not by a retry count that \
-         would fail them early and leave gaps",
+        "sasl.oauthbearer.client.credentials.client.id",
+        "sasl.oauthbearer.client.id",
+    ),
+    (
+        "sasl.oauthbearer.client.credentials.client.secret",
+        "sasl.oauthbearer.client.secret",
     ),
 ];
+
+/// The name the bridge uses for a librdkafka property.
+fn canonical(name: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, canonical)| canonical)
+}
+
+/// Whether librdkafka's `message` names the property `name` under any of its names.
+fn mentions(message: &str, name: &str) -> bool {
+    message.contains(name)
+        || ALIASES
+            .iter()
+            .any(|(alias, canonical)| *canonical == name && message.contains(alias))
+}
 
 /// `KAFKA_*` variables that Kubernetes injects for a Service named `kafka` (service links).
 /// They are not librdkafka settings; passing them on would stop the process at start.
@@ -229,7 +256,18 @@ pub(super) fn settings(vars: &[(String, String)]) -> Result<KafkaSettings, Confi
         if is_kubernetes_service_link(variable) || rest.is_empty() {
             continue;
         }
-        let name = rest.to_ascii_lowercase().replace('_', ".");
+        let name = canonical(&rest.to_ascii_lowercase().replace('_', ".")).to_owned();
+        if let Some(other) = properties.iter().find(|p: &&KafkaProperty| {
+            p.name == name && p.variable != *variable && p.value.expose().trim() != value.trim()
+        }) {
+            return Err(ConfigError::new(
+                variable.clone(),
+                format!(
+                    "and {} both set librdkafka's `{name}`, differently: keep one",
+                    other.variable
+                ),
+            ));
+        }
         if let Some((_, allowed, why)) = GUARDED.iter().find(|(n, _, _)| *n == name)
             && !allowed.contains(&value.trim())
         {

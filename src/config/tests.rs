@@ -171,6 +171,18 @@ fn each_bad_setting_is_refused_naming_its_variable() {
             &[("KAFKA_BOOTSTRAP_SERVERS", " ")],
             "KAFKA_BOOTSTRAP_SERVERS",
         ),
+        // librdkafka's two names for one property, set to two values.
+        (
+            &[
+                ("KAFKA_MESSAGE_TIMEOUT_MS", "2000"),
+                ("KAFKA_DELIVERY_TIMEOUT_MS", "1000"),
+            ],
+            "KAFKA_DELIVERY_TIMEOUT_MS",
+        ),
+        (
+            &[("KAFKA_METADATA_BROKER_LIST", "elsewhere:9092")],
+            "KAFKA_METADATA_BROKER_LIST",
+        ),
     ];
     for (extra, variable) in cases {
         let error = error_for(extra);

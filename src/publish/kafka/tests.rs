@@ -33,6 +33,56 @@ mod forwarder {
     }
 }
 
+/// librdkafka knows some properties by two names (`delivery.timeout.ms` is `message.timeout.ms`,
+/// `queue.buffering.max.ms` is `linger.ms`). What librdkafka ends up using is read back from
+/// its own configuration, many times over, because a property given under both names reached
+/// it in a hash map's random order.
+mod aliases {
+    use super::super::*;
+    use crate::config::Settings;
+
+    fn effective(publisher: &KafkaPublisher, name: &str) -> String {
+        let native = publisher
+            .inner
+            .config
+            .create_native_config()
+            .expect("a native configuration");
+        native.get(name).expect("a known property")
+    }
+
+    fn settings(extra: &[(&str, &str)]) -> Settings {
+        let mut vars = vec![
+            ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+            ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
+        ];
+        vars.extend_from_slice(extra);
+        Settings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .expect("settings")
+    }
+
+    #[test]
+    fn the_forwarder_never_gives_a_record_up_under_either_name_of_the_timeout() {
+        let settings = settings(&[("KAFKA_DELIVERY_TIMEOUT_MS", "1000")]);
+        let timeout = Duration::from_secs(5);
+        for _ in 0..24 {
+            let forwarder = KafkaPublisher::unbounded(&settings.kafka, timeout).expect("producer");
+            assert_eq!(effective(&forwarder, "message.timeout.ms"), "0");
+            let ingress = KafkaPublisher::new(&settings.kafka, timeout).expect("producer");
+            assert_eq!(effective(&ingress, "message.timeout.ms"), "1000");
+        }
+    }
+
+    #[test]
+    fn an_operators_setting_wins_over_the_bridges_default_under_either_name() {
+        let settings = settings(&[("KAFKA_QUEUE_BUFFERING_MAX_MS", "50")]);
+        for _ in 0..24 {
+            let ingress =
+                KafkaPublisher::new(&settings.kafka, Duration::from_secs(5)).expect("producer");
+            assert_eq!(effective(&ingress, "queue.buffering.max.ms"), "50");
+        }
+    }
+}
+
 mod config {
     use super::super::*;
     use crate::config::Settings;
