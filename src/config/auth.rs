@@ -16,12 +16,28 @@ pub struct AuthSettings {
     pub allow_unauthenticated: bool,
 }
 
+/// The shortest credential accepted, in characters for a token and bytes for a signing key:
+/// 128 bits, beyond guessing by sending requests.
+pub const SHORTEST_CREDENTIAL: usize = 16;
+
 pub(super) fn settings(env: &Env) -> Result<AuthSettings, ConfigError> {
     let tokens: Vec<Secret> = env
         .list(&AUTH_TOKENS)
         .into_iter()
         .map(Secret::new)
         .collect();
+    if tokens
+        .iter()
+        .any(|t| t.expose().chars().count() < SHORTEST_CREDENTIAL)
+    {
+        return Err(ConfigError::new(
+            AUTH_TOKENS.name,
+            format!(
+                "a token is shorter than {SHORTEST_CREDENTIAL} characters, short enough to guess; \
+                 generate one with `openssl rand -hex 32`"
+            ),
+        ));
+    }
     let mut webhook_keys = Vec::new();
     for secret in env.list(&WEBHOOK_SECRETS) {
         use base64::Engine as _;
@@ -36,6 +52,15 @@ pub(super) fn settings(env: &Env) -> Result<AuthSettings, ConfigError> {
                     "each secret must be `whsec_` followed by base64",
                 )
             })?;
+        if key.len() < SHORTEST_CREDENTIAL {
+            return Err(ConfigError::new(
+                WEBHOOK_SECRETS.name,
+                format!(
+                    "a signing key is shorter than {SHORTEST_CREDENTIAL} bytes, short enough to \
+                     guess; generate one with `echo whsec_$(openssl rand -base64 32)`"
+                ),
+            ));
+        }
         webhook_keys.push(Secret::new(key));
     }
     let allow_unauthenticated = env.flag(&ALLOW_UNAUTHENTICATED)?;

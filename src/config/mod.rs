@@ -243,13 +243,6 @@ impl Settings {
                 variables::closest(unknown)
             ));
         }
-        if self.auth.tokens.iter().any(|t| t.expose().len() < 16) {
-            warnings.push(
-                "BRIDGE_AUTH_TOKENS: a token is shorter than 16 characters; \
-                 generate one with `openssl rand -hex 32`"
-                    .to_owned(),
-            );
-        }
         warnings
     }
 

@@ -183,6 +183,17 @@ fn each_bad_setting_is_refused_naming_its_variable() {
             &[("KAFKA_METADATA_BROKER_LIST", "elsewhere:9092")],
             "KAFKA_METADATA_BROKER_LIST",
         ),
+        // Credentials a sender could guess: a short token, a short signing key, also as the
+        // second of two during a rotation.
+        (&[("BRIDGE_AUTH_TOKENS", "hunter2")], "BRIDGE_AUTH_TOKENS"),
+        (
+            &[("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123,short")],
+            "BRIDGE_AUTH_TOKENS",
+        ),
+        (
+            &[("BRIDGE_WEBHOOK_SECRETS", "whsec_YQ==")],
+            "BRIDGE_WEBHOOK_SECRETS",
+        ),
     ];
     for (extra, variable) in cases {
         let error = error_for(extra);

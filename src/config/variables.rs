@@ -63,9 +63,9 @@ variables! {
     ADMIN_ADDR = "BRIDGE_ADMIN_ADDR", "0.0.0.0:9090", Kind::Address,
         "Health, readiness and metrics";
     AUTH_TOKENS = "BRIDGE_AUTH_TOKENS", "", Kind::Secrets,
-        "Comma-separated shared tokens";
+        "Comma-separated shared tokens, each at least 16 characters";
     WEBHOOK_SECRETS = "BRIDGE_WEBHOOK_SECRETS", "", Kind::Secrets,
-        "Comma-separated Standard Webhooks secrets, whsec_<base64>";
+        "Comma-separated Standard Webhooks secrets, whsec_<base64> of at least 16 bytes";
     ALLOW_UNAUTHENTICATED = "BRIDGE_ALLOW_UNAUTHENTICATED", "false", Kind::Flag,
         "Accept requests without credentials";
     MAX_BODY_BYTES = "BRIDGE_MAX_BODY_BYTES", "1048576", Kind::Number { min: 1, max: 64 << 20 },
