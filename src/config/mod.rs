@@ -216,6 +216,8 @@ impl Settings {
             shown,
         };
         kafka::check_queue_limits(&settings.kafka, settings.max_in_flight)?;
+        settings.check_ports()?;
+        settings.check_topics()?;
         if settings.shutdown_delay >= settings.shutdown_timeout {
             return Err(ConfigError::new(
                 SHUTDOWN_DELAY_MS.name,
@@ -226,6 +228,52 @@ impl Settings {
             ));
         }
         Ok(settings)
+    }
+
+    /// The admin port answers operators only: it may never be the public one, where it would
+    /// take webhooks' place or hand metrics and the re-drive to senders.
+    fn check_ports(&self) -> Result<(), ConfigError> {
+        let (public, admin) = (self.listen_addr, self.admin_addr);
+        let same_interface = public.ip() == admin.ip()
+            || public.ip().is_unspecified()
+            || admin.ip().is_unspecified();
+        // Port 0 is any free port, a different one for each.
+        if public.port() == admin.port() && public.port() != 0 && same_interface {
+            return Err(ConfigError::new(
+                ADMIN_ADDR.name,
+                format!(
+                    "must not be the public listener's port ({}={public}): health, metrics and \
+                     the re-drive are for operators only",
+                    LISTEN_ADDR.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Events and dead letters never share a topic: a consumer of either would read the other
+    /// kind, and a re-drive would take events for dead letters. Event topics may share one.
+    fn check_topics(&self) -> Result<(), ConfigError> {
+        let events = [
+            (&TOPIC_MESSAGES, &self.topics.messages),
+            (&TOPIC_INTERACTIONS, &self.topics.interactions),
+            (&TOPIC_ORDERS, &self.topics.orders),
+            (&TOPIC_OTHER, &self.topics.other),
+        ];
+        match events
+            .iter()
+            .find(|(_, topic)| **topic == self.topics.deadletter)
+        {
+            Some((variable, topic)) => Err(ConfigError::new(
+                variable.name,
+                format!(
+                    "is `{topic}`, the dead-letter topic ({}): events and dead letters need \
+                     topics of their own",
+                    TOPIC_DEADLETTER.name
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Settings that work but deserve an operator's attention, logged once at start.

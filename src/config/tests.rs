@@ -194,6 +194,27 @@ fn each_bad_setting_is_refused_naming_its_variable() {
             &[("BRIDGE_WEBHOOK_SECRETS", "whsec_YQ==")],
             "BRIDGE_WEBHOOK_SECRETS",
         ),
+        // The admin port on the public listener's port, on the same or every interface.
+        (
+            &[
+                ("BRIDGE_LISTEN_ADDR", "127.0.0.1:8080"),
+                ("BRIDGE_ADMIN_ADDR", "127.0.0.1:8080"),
+            ],
+            "BRIDGE_ADMIN_ADDR",
+        ),
+        (
+            &[("BRIDGE_ADMIN_ADDR", "10.0.0.7:8080")],
+            "BRIDGE_ADMIN_ADDR",
+        ),
+        // Events on the dead-letter topic.
+        (
+            &[("BRIDGE_TOPIC_ORDERS", "omnichat.deadletter")],
+            "BRIDGE_TOPIC_ORDERS",
+        ),
+        (
+            &[("BRIDGE_TOPIC_DEADLETTER", "omnichat.messages")],
+            "BRIDGE_TOPIC_MESSAGES",
+        ),
     ];
     for (extra, variable) in cases {
         let error = error_for(extra);
