@@ -14,6 +14,7 @@ mod forward;
 mod group_commit;
 mod quarantine;
 mod shared;
+mod volume;
 
 /// How much the forwarder hands the producer at once (the producer's queue must hold it).
 pub(crate) use forward::{
@@ -94,6 +95,14 @@ impl Spool {
         let kafka = Arc::new(kafka);
         let dir = settings.dir.clone();
         let recovered = segments::recover(&dir, settings.on_damage)?;
+        if let Some(filesystem) = volume::in_memory(&dir) {
+            tracing::warn!(
+                path = %dir.display(),
+                filesystem,
+                "BRIDGE_SPOOL_DIR is in memory: spooled events survive a crash of the process, \
+                 but not a restart of the pod or the node; put it on a persistent volume"
+            );
+        }
         if recovered.records > 0 {
             tracing::info!(
                 records = recovered.records,
