@@ -118,6 +118,18 @@ impl Options {
                 other => return Err(format!("unknown option `{other}`")),
             }
         }
+        if let (Some(from), Some(to)) = (range.from_offset, range.to_offset)
+            && from >= to
+        {
+            return Err(format!(
+                "--offsets {from}..{to} holds no offset (FROM is inclusive, TO exclusive)"
+            ));
+        }
+        if let (Some(since), Some(until)) = (range.since, range.until)
+            && since >= until
+        {
+            return Err("--since must be before --until, or no dead letter is in the range".into());
+        }
         let source = if quarantine {
             if range != Range::default() {
                 return Err(
@@ -215,6 +227,18 @@ mod tests {
             (&["--group"][..], "--group"),
             (&["--everything"][..], "--everything"),
             (&["--quarantine", "--all"][..], "--quarantine"),
+            // Empty ranges: they would read the whole topic to re-drive nothing.
+            (&["--offsets", "10..5"][..], "--offsets"),
+            (&["--offsets", "7..7"][..], "--offsets"),
+            (
+                &[
+                    "--since",
+                    "2026-11-27T00:00:00Z",
+                    "--until",
+                    "2026-11-26T00:00:00Z",
+                ][..],
+                "--since",
+            ),
         ] {
             let error = parse(args).expect_err("refused");
             assert!(error.contains(names), "{args:?}: {error}");
