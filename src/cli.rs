@@ -95,6 +95,10 @@ fn check_config() -> ExitCode {
     for warning in settings.warnings() {
         println!("warning: {warning}");
     }
+    if let Err(error) = settings.check_process_limits() {
+        eprintln!("omnichat-bridge: {error}");
+        return ExitCode::FAILURE;
+    }
     match check_kafka(&settings, Duration::from_secs(10)) {
         Ok(()) => {
             println!(

@@ -242,6 +242,7 @@ pub fn boot(
     settings: Settings,
     before_recovery: impl FnOnce(&Settings),
 ) -> Result<Application, StartupError> {
+    settings.check_process_limits()?;
     let kafka = kafka_publisher(&settings)?;
     before_recovery(&settings);
     let backend = backend(&settings, kafka)?;

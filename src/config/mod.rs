@@ -6,6 +6,7 @@
 
 mod auth;
 mod kafka;
+mod open_files;
 mod secret;
 pub mod variables;
 
@@ -228,6 +229,13 @@ impl Settings {
             ));
         }
         Ok(settings)
+    }
+
+    /// Checks the settings against this process's limits (the open-files limit), which differ
+    /// between where the settings are written and where the bridge runs: at start and in
+    /// `check-config`, not when parsing.
+    pub fn check_process_limits(&self) -> Result<(), ConfigError> {
+        open_files::check(self.max_connections)
     }
 
     /// The admin port answers operators only: it may never be the public one, where it would

@@ -41,6 +41,43 @@ fn a_bad_setting_stops_the_process_with_one_line_naming_it() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("BRIDGE_AUTH_TOKENS"));
 }
 
+/// More connections than the process may open files: a sender's connections would take the
+/// descriptors the spool and librdkafka need, and accepting would fail with EMFILE.
+#[test]
+fn a_connection_limit_over_the_open_files_limit_stops_the_start() {
+    let topics = TestTopics::new();
+    let vars = base_vars("127.0.0.1:9", &topics);
+    for command in [None, Some("check-config")] {
+        let mut child = Command::new("sh")
+            .args(["-c", "ulimit -n 300 && exec \"$0\" \"$@\"", BINARY])
+            .args(command)
+            .env_clear()
+            .envs(vars.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs");
+        // A bridge that starts keeps running (Kafka at 127.0.0.1:9 only makes it unready).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait().expect("waits").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{command:?} started under a limit of 300 open files");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().expect("exited");
+        assert!(!output.status.success(), "{command:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("BRIDGE_MAX_CONNECTIONS"))
+            .unwrap_or_else(|| panic!("{command:?}: {stderr}"));
+        assert!(line.contains("300"), "{line}");
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
 async fn check_config_verifies_kafka_and_topics_without_printing_secrets() {
