@@ -48,7 +48,7 @@ fn a_connection_limit_over_the_open_files_limit_stops_the_start() {
     let topics = TestTopics::new();
     let vars = base_vars("127.0.0.1:9", &topics);
     for command in [None, Some("check-config")] {
-        let mut child = Command::new("sh")
+        let child = Command::new("sh")
             .args(["-c", "ulimit -n 300 && exec \"$0\" \"$@\"", BINARY])
             .args(command)
             .env_clear()
@@ -58,16 +58,8 @@ fn a_connection_limit_over_the_open_files_limit_stops_the_start() {
             .spawn()
             .expect("runs");
         // A bridge that starts keeps running (Kafka at 127.0.0.1:9 only makes it unready).
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while child.try_wait().expect("waits").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{command:?} started under a limit of 300 open files");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let output = child.wait_with_output().expect("exited");
+        let output = exit_within(child, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("{command:?} started under a limit of 300 open files"));
         assert!(!output.status.success(), "{command:?} succeeded");
         let stderr = String::from_utf8_lossy(&output.stderr);
         let line = stderr

@@ -270,22 +270,15 @@ fn a_damaged_spool_stops_the_process_with_one_line_naming_file_and_offset_unless
 
     let mut vars = base_vars("127.0.0.1:9", &TestTopics::new());
     vars.extend(spool_vars(&dir));
-    let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_omnichat-bridge"))
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_omnichat-bridge"))
         .env_clear()
         .envs(vars.iter().cloned())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("runs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while refused.try_wait().expect("status").is_none() {
-        if Instant::now() > deadline {
-            let _ = refused.kill();
-            panic!("a damaged spool was accepted: the bridge is running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = refused.wait_with_output().expect("output");
+    let output = exit_within(refused, Duration::from_secs(20))
+        .expect("a damaged spool was accepted: the bridge is running");
     assert!(!output.status.success(), "a damaged spool was accepted");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();

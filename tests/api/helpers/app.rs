@@ -112,6 +112,24 @@ pub struct TestApp {
     pub stopped: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
+/// The output of a process that should refuse to start, once it exits; `None` (and the process
+/// killed) if it is still running at `within`: it started.
+pub fn exit_within(
+    mut child: std::process::Child,
+    within: Duration,
+) -> Option<std::process::Output> {
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("status").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().expect("output"))
+}
+
 pub fn base_vars(bootstrap: &str, topics: &TestTopics) -> Vec<(String, String)> {
     let mut vars = vec![
         ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap.to_owned()),
