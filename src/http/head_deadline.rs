@@ -7,6 +7,10 @@
 //! of the request's headers, at most the timeout may pass; past it the read fails and the
 //! connection closes. Bodies have their own deadline (see `read_body`), and an idle kept-alive
 //! connection stays under actix's keep-alive timeout.
+//!
+//! Only a final answer ends a request: an interim `100 Continue` (sent to a sender that waits
+//! for it before its body) is followed by the body, which must not be timed as a head, or a
+//! slow publish would see its connection cut before its answer.
 
 use std::io;
 use std::pin::Pin;
@@ -27,7 +31,23 @@ pub struct HeadDeadline<T> {
     armed: bool,
     /// Line feeds seen in a row (carriage returns aside): two end the head.
     line_feeds: u8,
+    /// Where the answer to the request whose head was read stands.
+    answer: Answer,
 }
+
+/// The bytes written since a request's head was read, as far as the deadline cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// An answer's status line is being written; `seen` bytes of `HTTP/1.1 ` so far.
+    Status { seen: usize },
+    /// An interim (1xx) answer's head, up to its blank line; the final answer follows.
+    Interim { line_feeds: u8 },
+    /// The final answer is out (or none is due): the next head is timed from its first byte.
+    Final,
+}
+
+/// The status code's first digit follows `HTTP/1.1 `.
+const STATUS_DIGIT: usize = 9;
 
 impl<T> HeadDeadline<T> {
     pub fn new(io: T, timeout: Duration) -> Self {
@@ -38,6 +58,7 @@ impl<T> HeadDeadline<T> {
             in_head: true,
             armed: false,
             line_feeds: 0,
+            answer: Answer::Final,
         }
     }
 
@@ -59,6 +80,7 @@ impl<T> HeadDeadline<T> {
                         // pipelined, which the next response re-arms for).
                         self.in_head = false;
                         self.armed = false;
+                        self.answer = Answer::Status { seen: 0 };
                         return;
                     }
                 }
@@ -99,7 +121,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.answered(&written);
+        if let Poll::Ready(Ok(n)) = written {
+            this.answered(&buf[..n]);
+        }
         written
     }
 
@@ -110,7 +134,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.answered(&written);
+        if let Poll::Ready(Ok(mut n)) = written {
+            for buf in bufs {
+                let take = n.min(buf.len());
+                this.answered(&buf[..take]);
+                n -= take;
+            }
+        }
         written
     }
 
@@ -128,13 +158,45 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
 }
 
 impl<T> HeadDeadline<T> {
-    /// A response is going out: the request it answers is over, and the next one's head is
-    /// timed from its first byte.
-    fn answered(&mut self, written: &Poll<io::Result<usize>>) {
-        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
-            self.in_head = true;
-            self.armed = false;
-            self.line_feeds = 0;
+    /// Follows the bytes of the answer going out. Once the final answer starts, the request it
+    /// answers is over, and the next one's head is timed from its first byte.
+    fn answered(&mut self, mut written: &[u8]) {
+        while !written.is_empty() {
+            match &mut self.answer {
+                Answer::Final => {
+                    self.in_head = true;
+                    self.armed = false;
+                    self.line_feeds = 0;
+                    return;
+                }
+                Answer::Status { seen } => {
+                    let take = (STATUS_DIGIT + 1 - *seen).min(written.len());
+                    *seen += take;
+                    if *seen > STATUS_DIGIT {
+                        self.answer = match written[take - 1] {
+                            b'1' => Answer::Interim { line_feeds: 0 },
+                            _ => Answer::Final,
+                        };
+                    }
+                    written = &written[take..];
+                }
+                Answer::Interim { line_feeds } => {
+                    let mut taken = 0;
+                    for &byte in written {
+                        taken += 1;
+                        match byte {
+                            b'\n' => *line_feeds += 1,
+                            b'\r' => {}
+                            _ => *line_feeds = 0,
+                        }
+                        if *line_feeds == 2 {
+                            self.answer = Answer::Status { seen: 0 };
+                            break;
+                        }
+                    }
+                    written = &written[taken..];
+                }
+            }
         }
     }
 }
@@ -168,5 +230,71 @@ mod tests {
         let mut body = reading(&[b"POST / HTTP/1.1\r\n\r\n"]);
         body.observe(b"x");
         assert!(!body.armed);
+    }
+
+    /// The connection's server side, and the sender's side.
+    fn connection() -> (
+        HeadDeadline<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
+        let (sender, server) = tokio::io::duplex(4096);
+        (HeadDeadline::new(server, Duration::from_secs(1)), sender)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interim_100_continue_is_not_the_answer_that_times_the_next_head() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server, mut sender) = connection();
+        let mut buffer = [0u8; 512];
+        sender
+            .write_all(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .await
+            .expect("head");
+        assert!(server.read(&mut buffer).await.expect("head read") > 0);
+        server
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .expect("interim");
+        sender.write_all(b"{").await.expect("body");
+        assert!(server.read(&mut buffer).await.expect("body read") > 0);
+        // Storing the body takes longer than the timeout; the rest of it is still a body.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        sender.write_all(b"}").await.expect("body");
+        let read = server.read(&mut buffer).await;
+        assert!(read.expect("the body is not a head: no deadline") > 0);
+
+        // The final answer does start the next head's clock.
+        server
+            .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("answer");
+        sender.write_all(b"POST / HT").await.expect("next head");
+        assert!(server.read(&mut buffer).await.expect("next head read") > 0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let late = server.read(&mut buffer).await;
+        assert_eq!(
+            late.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::TimedOut)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interim_answer_written_with_the_final_one_still_times_the_next_head() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server, mut sender) = connection();
+        let mut buffer = [0u8; 512];
+        sender
+            .write_all(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .expect("head");
+        assert!(server.read(&mut buffer).await.expect("head read") > 0);
+        server
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\n\r\n")
+            .await
+            .expect("both answers");
+        sender.write_all(b"POST").await.expect("next head");
+        assert!(server.read(&mut buffer).await.expect("next head read") > 0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(server.read(&mut buffer).await.is_err(), "no deadline");
     }
 }

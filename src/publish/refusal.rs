@@ -4,9 +4,9 @@
 //!
 //! | class | librdkafka errors | what the bridge does |
 //! |---|---|---|
-//! | [`Verdict::Poison`]: the record itself is refused for good | `MSG_SIZE_TOO_LARGE`, `INVALID_MSG` (corrupt), `INVALID_MSG_SIZE`, `MSG_BATCH_TOO_LARGE`, `INVALID_TIMESTAMP`, `UNSUPPORTED_FOR_MESSAGE_FORMAT`, `POLICY_VIOLATION`, `INVALID_RECORD` | kafka mode: dead-lettered, a 4xx (413 for size); spool mode: sent once more on its own, then set aside |
+//! | [`Verdict::Poison`]: the record itself is refused for good | `MSG_SIZE_TOO_LARGE`, `INVALID_MSG_SIZE`, `MSG_BATCH_TOO_LARGE`, `INVALID_TIMESTAMP`, `UNSUPPORTED_FOR_MESSAGE_FORMAT`, `POLICY_VIOLATION`, `INVALID_RECORD` | kafka mode: dead-lettered, a 4xx (413 for size); spool mode: sent once more on its own, then set aside |
 //! | [`Verdict::Operator`]: an operator must fix something | `TOPIC_AUTHORIZATION_FAILED`, `CLUSTER_AUTHORIZATION_FAILED`, `UNKNOWN_TOPIC_OR_PART`, `_UNKNOWN_TOPIC`, `_UNKNOWN_PARTITION`, `INVALID_TOPIC`, `SASL_AUTHENTICATION_FAILED`, `_AUTHENTICATION` | kafka mode: 503; spool mode: the record stays at the head, retried with backoff, named in readiness |
-//! | [`Verdict::Retry`]: anything else (the producer died, was fenced or purged; the network) | `_FATAL`, `_GAPLESS_GUARANTEE`, `_PURGE_QUEUE`, `_PURGE_INFLIGHT`, `OUT_OF_ORDER_SEQUENCE_NUMBER`, timeouts, … | kafka mode: 503; spool mode: a new producer sends it again |
+//! | [`Verdict::Retry`]: anything else (the producer died, was fenced or purged; the network) | `_FATAL`, `_GAPLESS_GUARANTEE`, `_PURGE_QUEUE`, `_PURGE_INFLIGHT`, `OUT_OF_ORDER_SEQUENCE_NUMBER`, `CORRUPT_MESSAGE` (librdkafka's `INVALID_MSG`: a checksum that failed on the way, which Kafka marks retriable), timeouts, … | kafka mode: 503; spool mode: a new producer sends it again |
 //!
 //! Poison is decided by the record's content, so sending it again cannot help; a refusal an
 //! operator can mend must never lose a record, so those stay at the head; whatever is not
@@ -42,7 +42,6 @@ impl Refused {
         use RDKafkaErrorCode::*;
         match self.code {
             MessageSizeTooLarge
-            | InvalidMessage
             | InvalidMessageSize
             | MessageBatchTooLarge
             | InvalidTimestamp
@@ -118,6 +117,8 @@ mod tests {
         assert_eq!(verdict(RDKafkaErrorCode::GaplessGuarantee), Verdict::Retry);
         assert_eq!(verdict(RDKafkaErrorCode::PurgeInflight), Verdict::Retry);
         assert_eq!(verdict(RDKafkaErrorCode::Fatal), Verdict::Retry);
+        // CORRUPT_MESSAGE: a bit flipped on the way, which Kafka marks retriable.
+        assert_eq!(verdict(RDKafkaErrorCode::InvalidMessage), Verdict::Retry);
     }
 
     #[test]

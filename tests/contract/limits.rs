@@ -172,3 +172,43 @@ async fn a_kept_alive_connections_next_request_must_bring_its_headers_in_time() 
         started.elapsed()
     );
 }
+
+/// A sender that waits for `100 Continue` before its body (as curl does) gets its answer even
+/// when storing takes longer than the request timeout: the interim answer is no response, so
+/// the body is timed as a body, not as the next request's headers.
+#[tokio::test]
+async fn a_body_sent_after_100_continue_is_answered_however_long_storing_takes() {
+    let app = spawn(&[("BRIDGE_REQUEST_TIMEOUT_MS", "1000")]).await;
+    app.wait_readiness(200).await;
+    app.recorder
+        .script([Answer::After(Duration::from_millis(1_600))]);
+    let mut stream = TcpStream::connect(app.host_port()).await.expect("connect");
+    let head = format!(
+        "POST /webhooks/omnichat HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        SEED.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut interim))
+        .await
+        .expect("100 Continue in time")
+        .expect("read");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(SEED.as_bytes()).await.expect("body");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+            _ => break,
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 202"),
+        "a stored record got no answer: {answer:?}"
+    );
+    assert_eq!(app.recorder.stored().len(), 1);
+}
