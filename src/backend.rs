@@ -55,12 +55,15 @@ impl Backend {
         }
     }
 
-    /// Whether Kafka can take records for these topics now. Blocks for at most `timeout`.
-    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), KafkaUnusable> {
+    /// Whether Kafka can take records for these topics now, and which partitions have no
+    /// leader. Blocks for at most `timeout`.
+    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<Vec<String>, KafkaUnusable> {
         match self {
             Backend::Kafka(kafka) => kafka.probe(topics, timeout),
             Backend::Spool(spool) => spool.probe(topics, timeout),
-            Backend::Custom { kafka, .. } => kafka().map_err(KafkaUnusable::Unreachable),
+            Backend::Custom { kafka, .. } => kafka()
+                .map(|()| Vec::new())
+                .map_err(KafkaUnusable::Unreachable),
         }
     }
 
@@ -88,6 +91,15 @@ impl Backend {
         match self {
             Backend::Spool(spool) => Some(spool.status()),
             _ => None,
+        }
+    }
+
+    /// The conditions its parts raise: the spool's in spool mode, else a fresh set that
+    /// readiness's probe keeps.
+    pub fn conditions(&self) -> Arc<crate::conditions::Conditions> {
+        match self {
+            Backend::Spool(spool) => spool.conditions(),
+            _ => Arc::default(),
         }
     }
 

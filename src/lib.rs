@@ -3,6 +3,8 @@
 //!
 //! The modules follow a webhook's path:
 //!
+//! - [`conditions`]: what stops acceptance or forwarding while a dependency misbehaves, each
+//!   with a stable code, raised and cleared by whoever sees it, named in readiness.
 //! - [`config`]: environment variables to validated [`config::Settings`]; each `BRIDGE_*`
 //!   variable declared once in [`config::variables`]; secrets wrapped.
 //! - [`http`]: the public server (every request's headers on a deadline), the ingress route,
@@ -24,6 +26,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod conditions;
 pub mod config;
 pub mod event;
 pub mod http;

@@ -83,6 +83,12 @@ pub enum PublishError {
     DiskFull { limit: u64 },
     #[error("Kafka did not acknowledge the record within {0:?}")]
     Timeout(Duration),
+    /// Local disk did not make the record durable within the deadline (a stalled volume).
+    #[error("the record was not fsynced to local storage within {0:?}")]
+    NotDurable(Duration),
+    /// Local disk is so slow that records waiting for it hold their limit in memory.
+    #[error("local storage is not keeping up: {queued} bytes of records wait for its fsync")]
+    VolumeStalled { queued: u64 },
     #[error("Kafka did not take the record: {0}")]
     Failed(String),
     /// Kafka refuses this record for good (see [`refusal`]); retrying cannot help.

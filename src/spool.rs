@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
+use crate::conditions::{Condition, Conditions};
 use crate::config::SpoolSettings;
 use crate::publish::kafka::KafkaPublisher;
 use crate::publish::{PublishError, PublishFuture, Publisher, Record, Stored};
@@ -48,6 +49,10 @@ const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 const MAX_BATCH_BYTES: usize = 4 << 20;
 /// A group commit this slow is logged: senders waited that long for their 202.
 const SLOW_COMMIT: Duration = Duration::from_secs(1);
+/// Frames waiting for the writer, at most: past it a request is answered 503 at once. A
+/// stalled volume holds them all, and the requests that gave up on it would otherwise go on
+/// adding their records while their senders retry.
+const MAX_QUEUED_BYTES: u64 = 4 * MAX_BATCH_BYTES as u64;
 
 /// The spool: a [`Publisher`] that answers once a record is durable on local disk.
 pub struct Spool {
@@ -60,6 +65,8 @@ pub struct Spool {
     quarantine: Arc<quarantine::Quarantine>,
     kafka: Arc<KafkaPublisher>,
     max_record_bytes: usize,
+    /// How long a request waits for its fsync before it is answered 503.
+    publish_timeout: Duration,
 }
 
 impl std::fmt::Debug for Spool {
@@ -84,12 +91,15 @@ impl Spool {
     /// Recovers the spool in `settings.dir` and starts its writer and forwarder. Records left
     /// by an earlier run are forwarded before any new one. `kafka` is the forwarder's
     /// producer ([`KafkaPublisher::unbounded`]); records it refuses for good go to
-    /// `deadletter`.
+    /// `deadletter`. A request not fsynced within `publish_timeout` is answered 503; what
+    /// holds the spool up is raised in `conditions`.
     pub fn open(
         settings: &SpoolSettings,
         largest_event: usize,
         kafka: KafkaPublisher,
         deadletter: Arc<str>,
+        publish_timeout: Duration,
+        conditions: Arc<Conditions>,
     ) -> Result<Self, SpoolDirError> {
         let max_record_bytes = kafka.max_record_bytes();
         let kafka = Arc::new(kafka);
@@ -121,6 +131,7 @@ impl Spool {
             largest_event as u64,
             &recovered,
             writer.end(),
+            conditions,
         ));
         shared.grow_quarantine(quarantine::bytes_on_disk(&dir));
         let quarantine = Arc::new(quarantine::Quarantine::new(&dir, shared.clone()));
@@ -168,6 +179,7 @@ impl Spool {
             quarantine,
             kafka,
             max_record_bytes,
+            publish_timeout,
         })
     }
 
@@ -190,22 +202,66 @@ impl Spool {
         }
         let frame = segments::encode(record, now_ms());
         let bytes = frame.len() as u64;
-        self.shared.reserve(bytes)?;
+        let shared = &self.shared;
+        let queued = shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + bytes <= MAX_QUEUED_BYTES).then_some(queued + bytes)
+            });
+        if let Err(queued) = queued {
+            return Err(PublishError::VolumeStalled { queued });
+        }
+        let unqueue = || {
+            shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+        };
+        if let Err(full) = shared.reserve(bytes) {
+            unqueue();
+            return Err(full);
+        }
         let (done, answer) = oneshot::channel();
         let appends = self.appends.read().unwrap_or_else(|e| e.into_inner());
+        shared.unanswered.fetch_add(1, Ordering::AcqRel);
         match appends.as_ref().map(|a| a.send(Append { frame, done })) {
             Some(Ok(())) => Ok(answer),
             _ => {
-                self.shared.release(bytes);
+                shared.unanswered.fetch_sub(1, Ordering::AcqRel);
+                shared.release(bytes);
+                unqueue();
                 Err(PublishError::Failed("the spool is closed".to_owned()))
             }
         }
     }
 
+    /// The spool's state now. Also raises or clears what it finds holding acceptance up, so
+    /// readiness, which asks for it every probe, re-checks those conditions with no traffic.
     pub fn status(&self) -> SpoolStatus {
         let shared = &self.shared;
         let used = shared.used.load(Ordering::Acquire);
         let oldest = shared.oldest_ms.load(Ordering::Acquire);
+        let disk_full = shared.disk_full.load(Ordering::Acquire);
+        let limit_reached = used + shared.largest_event > shared.limit;
+        let stalled_for = shared
+            .commit_running_for()
+            .filter(|running| *running > self.publish_timeout);
+        shared.conditions.set(
+            Condition::SpoolFull,
+            limit_reached.then(|| {
+                format!(
+                    "the spool holds {used} of {} bytes until Kafka takes the backlog",
+                    shared.limit
+                )
+            }),
+        );
+        shared.conditions.set(
+            Condition::VolumeStalled,
+            stalled_for.map(|running| {
+                format!(
+                    "a write and fsync to the spool's volume has taken {} ms, longer than \
+                     BRIDGE_PUBLISH_TIMEOUT_MS: requests get 503 until it returns",
+                    running.as_millis()
+                )
+            }),
+        );
         SpoolStatus {
             records: shared.records.load(Ordering::Acquire),
             bytes: used,
@@ -216,8 +272,9 @@ impl Spool {
                 now_ms().saturating_sub(oldest)
             }),
             forwarded: shared.forwarded.load(Ordering::Acquire),
-            has_room: !shared.disk_full.load(Ordering::Acquire)
-                && used + shared.largest_event <= shared.limit,
+            has_room: !disk_full && !limit_reached,
+            volume_full: disk_full,
+            stalled_for,
             forward_error: lock(&shared.forward_error).clone(),
             forward_failures: lock(&shared.forward_failures).clone(),
             set_aside_to_deadletter: shared.set_aside_to_deadletter.load(Ordering::Acquire),
@@ -231,7 +288,9 @@ impl Spool {
     }
 
     /// Stops taking records, gives the forwarder until `deadline` to catch up, then stops it
-    /// with its progress checkpointed. Returns how many records stay spooled.
+    /// with its progress checkpointed. Returns how many records stay spooled. Never waits past
+    /// `deadline`: a writer stuck in an fsync of a stalled volume is left to end with the
+    /// process, and none of what it holds was answered 202.
     async fn drain(&self, deadline: Instant) -> u64 {
         drop(
             self.appends
@@ -239,10 +298,15 @@ impl Spool {
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
         );
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(writer) = writer {
-            // Quick: the server has stopped, so at most one batch is being written.
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let writer = lock(&self.writer).take();
+        if let Some(writer) = writer
+            && !join_by(writer, deadline).await
+        {
+            tracing::error!(
+                unanswered = self.shared.unanswered.load(Ordering::Acquire),
+                "The spool's volume did not finish a write before the shutdown deadline; \
+                 the requests it held were never answered 202, so nothing acknowledged is lost"
+            );
         }
         let end = *self.shared.committed.borrow();
         let mut acknowledged = self.shared.acknowledged.subscribe();
@@ -252,14 +316,16 @@ impl Spool {
         )
         .await
         .is_ok_and(|caught_up| caught_up.is_ok());
-        let forwarder = self
-            .forwarder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let forwarder = lock(&self.forwarder).take();
         if let Some((stop, forwarder)) = forwarder {
             let _ = stop.send(());
-            let _ = tokio::task::spawn_blocking(move || forwarder.join()).await;
+            // Its last checkpoint only saves sending records again: a moment past the deadline
+            // at most.
+            if !join_by(forwarder, deadline.max(Instant::now()) + FORWARDER_STOP).await {
+                tracing::warn!(
+                    "The spool forwarder did not stop in time; the next start resumes from its last checkpoint"
+                );
+            }
         }
         if caught_up {
             0
@@ -267,16 +333,47 @@ impl Spool {
             self.shared.records.load(Ordering::Acquire)
         }
     }
+
+    /// What holds the spool up, raised by its writer and forwarder.
+    pub fn conditions(&self) -> Arc<Conditions> {
+        self.shared.conditions.clone()
+    }
+
+    /// Readiness found Kafka usable again: a forwarder backing off tries at once.
+    pub fn kafka_usable(&self) {
+        self.shared.kick.notify_one();
+    }
+}
+
+/// How long the forwarder gets to stop and write its last checkpoint once told.
+const FORWARDER_STOP: Duration = Duration::from_millis(500);
+
+/// Waits for `thread` until `deadline`; false if it is still running then. Joined on a thread
+/// of its own, not the runtime's blocking pool, which would hold the process at exit.
+async fn join_by(thread: JoinHandle<()>, deadline: Instant) -> bool {
+    let (joined, done) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("spool-join".into())
+        .spawn(move || {
+            let _ = thread.join();
+            let _ = joined.send(());
+        });
+    spawned.is_ok() && tokio::time::timeout_at(deadline.into(), done).await.is_ok()
 }
 
 impl Publisher for Spool {
+    /// Resolves once the record is fsynced, or within the publish deadline with 503: a
+    /// record whose fsync comes later is still forwarded (the sender's retry then makes a
+    /// duplicate with the same event id), but never answered 202 before it is durable.
     fn publish(&self, record: Record) -> PublishFuture<'_> {
         let queued = self.append(&record);
+        let deadline = self.publish_timeout;
         Box::pin(async move {
-            match queued?.await {
-                Ok(Ok(())) => Ok(Stored::OnDisk),
-                Ok(Err(error)) => Err(error),
-                Err(_) => Err(PublishError::Failed("the spool writer stopped".to_owned())),
+            match tokio::time::timeout(deadline, queued?).await {
+                Ok(Ok(Ok(()))) => Ok(Stored::OnDisk),
+                Ok(Ok(Err(error))) => Err(error),
+                Ok(Err(_)) => Err(PublishError::Failed("the spool writer stopped".to_owned())),
+                Err(_) => Err(PublishError::NotDurable(deadline)),
             }
         })
     }
@@ -304,7 +401,7 @@ impl Spool {
         &self,
         topics: &[&str],
         timeout: Duration,
-    ) -> Result<(), crate::publish::kafka::KafkaUnusable> {
+    ) -> Result<Vec<String>, crate::publish::kafka::KafkaUnusable> {
         self.kafka.probe(topics, timeout)
     }
 

@@ -10,6 +10,7 @@ use actix_web::{App, HttpServer, web};
 use tokio::sync::Semaphore;
 
 use crate::backend::Backend;
+use crate::conditions::{Condition, Conditions};
 use crate::config::{AckMode, ConfigError, Settings};
 use crate::event::Normalizer;
 use crate::http::{self, Authenticator, Ingress};
@@ -52,6 +53,7 @@ pub struct Application {
     backend: Backend,
     health: web::Data<Health>,
     metrics: web::Data<Metrics>,
+    conditions: Arc<Conditions>,
 }
 
 impl std::fmt::Debug for Application {
@@ -89,15 +91,20 @@ impl Application {
         let port = local_port(&listener);
         let admin_port = local_port(&admin_listener);
 
+        let conditions = backend.conditions();
         let metrics = web::Data::new(Metrics::new(
             &settings.topics,
             matches!(settings.ack_mode, AckMode::Spool(_)),
+            conditions.clone(),
         ));
         let spool_backend = backend.clone();
-        let health =
-            web::Data::new(Health::new(backend.spool().is_some().then(
-                || -> ops::SpoolProbe { Arc::new(move || spool_backend.spool_status()) },
-            )));
+        let health = web::Data::new(Health::new(
+            backend
+                .spool()
+                .is_some()
+                .then(|| -> ops::SpoolProbe { Arc::new(move || spool_backend.spool_status()) }),
+            conditions.clone(),
+        ));
         let ingress = web::Data::new(Ingress {
             authenticator: Authenticator::new(&settings.auth),
             normalizer: Normalizer::new(settings.topics.clone(), settings.event_source.clone()),
@@ -169,6 +176,7 @@ impl Application {
             backend,
             health,
             metrics,
+            conditions,
         })
     }
 
@@ -193,6 +201,7 @@ impl Application {
             backend,
             health,
             metrics,
+            conditions,
             ..
         } = self;
         let server_handle = server.handle();
@@ -204,6 +213,7 @@ impl Application {
             settings.clone(),
             health.clone().into_inner(),
             metrics.clone().into_inner(),
+            conditions,
         ));
 
         tokio::select! {
@@ -269,6 +279,8 @@ fn backend(settings: &Settings, kafka: KafkaPublisher) -> Result<Backend, Startu
             settings.max_body_bytes + LARGEST_EVENT_OVERHEAD,
             kafka,
             settings.topics.deadletter.clone(),
+            settings.publish_timeout,
+            Arc::default(),
         )?)),
     })
 }
@@ -280,6 +292,7 @@ pub fn check_kafka(settings: &Settings, timeout: Duration) -> Result<(), Startup
     let topics: Vec<&str> = settings.topics.all().iter().map(|t| &***t).collect();
     publisher
         .probe(&topics, timeout)
+        .map(drop)
         .map_err(|reason| StartupError::Kafka {
             reason: reason.to_string(),
         })
@@ -295,6 +308,7 @@ async fn probe_kafka(
     settings: Settings,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    conditions: Arc<Conditions>,
 ) {
     let topics: Vec<String> = settings
         .topics
@@ -318,13 +332,54 @@ async fn probe_kafka(
         }
         let queue = backend.queue();
         metrics.queue_depth.set(queue.waiting as i64);
-        health.set_queue_full(queue.limit > 0 && queue.waiting >= queue.limit * 9 / 10);
-        match (&verdict, health.set_kafka(verdict.clone())) {
-            (Ok(()), true) => tracing::info!("Kafka reachable; all topics present"),
+        let queue_full = queue.limit > 0 && queue.waiting >= queue.limit * 9 / 10;
+        health.set_queue_full(queue_full);
+        conditions.set(
+            Condition::QueueFull,
+            queue_full.then(|| {
+                format!(
+                    "{} of {} records wait in the producer",
+                    queue.waiting, queue.limit
+                )
+            }),
+        );
+        note_kafka(&verdict, &backend, &conditions);
+        match (&verdict, health.set_kafka(verdict.clone().map(drop))) {
+            (Ok(_), true) => {
+                tracing::info!("Kafka reachable; all topics present");
+                if let Some(spool) = backend.spool() {
+                    spool.kafka_usable();
+                }
+            }
             (Err(reason), true) => tracing::warn!(reason = %reason, "Kafka not usable"),
             _ => {}
         }
         metrics.ready.set(i64::from(health.readiness().is_ok()));
         tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Raises or clears the conditions the probe's verdict names. In spool mode the forwarder
+/// names a partition that takes nothing, which it sees better than metadata does.
+fn note_kafka(
+    verdict: &Result<Vec<String>, KafkaUnusable>,
+    backend: &Backend,
+    conditions: &Conditions,
+) {
+    let (unreachable, missing) = match verdict {
+        Err(KafkaUnusable::Unreachable(reason)) => (Some(reason.clone()), None),
+        Err(missing @ KafkaUnusable::TopicsMissing(_)) => (None, Some(missing.to_string())),
+        _ => (None, None),
+    };
+    conditions.set(Condition::KafkaUnreachable, unreachable);
+    conditions.set(Condition::TopicsMissing, missing);
+    if backend.spool().is_none()
+        && let Ok(leaderless) = verdict
+    {
+        conditions.set(
+            Condition::PartitionUnavailable,
+            (!leaderless.is_empty())
+                .then(|| format!("partitions without a leader: {}", leaderless.join(", "))),
+        );
     }
 }

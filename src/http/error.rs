@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::omnichat::Rejection;
 use crate::publish::PublishError;
+use crate::publish::refusal::Refused;
 
 /// Why a webhook was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +28,10 @@ pub enum IngressError {
     #[error("the event was not stored: {0}")]
     NotStored(#[from] PublishError),
     /// Kafka will never take this record; the body went to the dead-letter topic if that
-    /// topic took it.
-    #[error("{refused}")]
+    /// topic took it, and no topic ever will if it did not.
+    #[error("Kafka refuses this record for good ({code}): {refused}", code = refused.code_name())]
     RefusedByKafka {
-        refused: PublishError,
+        refused: Refused,
         dead_lettered: bool,
     },
     #[error("no such endpoint")]
@@ -55,14 +56,18 @@ impl IngressError {
             IngressError::NotStored(PublishError::QueueFull) => "queue_full",
             IngressError::NotStored(PublishError::TooLarge { .. }) => "payload_too_large",
             IngressError::NotStored(PublishError::Poison(refused))
-            | IngressError::RefusedByKafka {
-                refused: PublishError::Poison(refused),
-                ..
-            } if refused.is_too_large() => "payload_too_large",
+            | IngressError::RefusedByKafka { refused, .. }
+                if refused.is_too_large() =>
+            {
+                "payload_too_large"
+            }
             IngressError::NotStored(PublishError::Poison(_))
             | IngressError::RefusedByKafka { .. } => "refused_by_kafka",
             IngressError::NotStored(PublishError::DiskFull { .. }) => "spool_full",
-            IngressError::NotStored(PublishError::Timeout(_)) => "publish_timeout",
+            IngressError::NotStored(PublishError::Timeout(_) | PublishError::NotDurable(_)) => {
+                "publish_timeout"
+            }
+            IngressError::NotStored(PublishError::VolumeStalled { .. }) => "volume_stalled",
             IngressError::NotStored(PublishError::Failed(_)) => "publish_failed",
             IngressError::NotFound => "not_found",
             IngressError::MethodNotAllowed => "method_not_allowed",
@@ -83,9 +88,10 @@ impl IngressError {
 
     fn retry_after(&self) -> Option<u32> {
         match self {
-            IngressError::Overloaded | IngressError::NotStored(PublishError::QueueFull) => {
-                Some(RETRY_AFTER_OVERLOADED)
-            }
+            IngressError::Overloaded
+            | IngressError::NotStored(
+                PublishError::QueueFull | PublishError::VolumeStalled { .. },
+            ) => Some(RETRY_AFTER_OVERLOADED),
             IngressError::NotStored(PublishError::TooLarge { .. } | PublishError::Poison(_)) => {
                 None
             }
@@ -105,10 +111,11 @@ impl ResponseError for IngressError {
             }
             // Kafka will never take it: a 4xx, so that the sender does not retry forever.
             IngressError::NotStored(PublishError::Poison(refused))
-            | IngressError::RefusedByKafka {
-                refused: PublishError::Poison(refused),
-                ..
-            } if refused.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
+            | IngressError::RefusedByKafka { refused, .. }
+                if refused.is_too_large() =>
+            {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             IngressError::NotStored(PublishError::Poison(_))
             | IngressError::RefusedByKafka { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IngressError::UnreadableBody(_) => StatusCode::BAD_REQUEST,

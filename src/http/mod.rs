@@ -226,14 +226,21 @@ async fn accept(
                         error = %error,
                         "Event not stored"
                     );
-                    if let PublishError::Poison(refused) = &error {
+                    if let PublishError::Poison(refused) = error {
                         let letter = ingress
                             .normalizer
-                            .refused_event(&id, &webhook, &receipt, refused);
-                        let dead_lettered = dead_letter_refused(ingress, letter, &id).await;
-                        return Err(IngressError::RefusedByKafka {
-                            refused: error,
-                            dead_lettered,
+                            .refused_event(&id, &webhook, &receipt, &refused);
+                        return Err(match dead_letter_refused(ingress, letter, &id).await {
+                            Ok(()) => IngressError::RefusedByKafka {
+                                refused,
+                                dead_lettered: true,
+                            },
+                            Err(PublishError::Poison(_)) => IngressError::RefusedByKafka {
+                                refused,
+                                dead_lettered: false,
+                            },
+                            // It may still be stored: the sender retries.
+                            Err(error) => IngressError::NotStored(error),
                         });
                     }
                     return Err(error.into());
@@ -261,18 +268,22 @@ async fn accept(
         Err(rejection) => {
             let record = ingress.normalizer.dead_letter(&rejection, &receipt);
             let id = record.key.clone();
-            ingress
-                .publisher
-                .publish(record)
-                .await
-                .inspect_err(|error| {
-                    tracing::warn!(
-                        dead_letter_id = %id,
-                        code = rejection.code(),
-                        error = %error,
-                        "Dead letter not stored"
-                    );
-                })?;
+            if let Err(error) = ingress.publisher.publish(record).await {
+                tracing::warn!(
+                    dead_letter_id = %id,
+                    code = rejection.code(),
+                    error = %error,
+                    "Dead letter not stored"
+                );
+                return Err(match error {
+                    // No topic will ever take these bytes.
+                    PublishError::Poison(refused) => IngressError::RefusedByKafka {
+                        refused,
+                        dead_lettered: false,
+                    },
+                    error => IngressError::NotStored(error),
+                });
+            }
             ingress.metrics.observe_dead_letter(rejection.code());
             tracing::warn!(
                 dead_letter_id = %id,
@@ -286,24 +297,28 @@ async fn accept(
 }
 
 /// Kafka refused an event for good: its body goes to the dead-letter topic, if that takes it.
-/// The sender hears a 4xx either way (nothing to retry); the README says that when the
-/// dead-letter topic refuses it too, nothing was stored.
-async fn dead_letter_refused(ingress: &Ingress, letter: crate::publish::Record, id: &str) -> bool {
+/// When that fails for a reason that may pass, the caller answers 503, since the body is not
+/// stored yet; only a dead letter refused for good too leaves a 4xx that stores nothing.
+async fn dead_letter_refused(
+    ingress: &Ingress,
+    letter: crate::publish::Record,
+    id: &str,
+) -> Result<(), PublishError> {
     let code = letter.header("error_code").unwrap_or_default().to_owned();
     match ingress.publisher.publish(letter).await {
         Ok(_) => {
             ingress.metrics.observe_dead_letter(&code);
             tracing::warn!(event_id = %id, code, "Event refused by Kafka for good; dead-lettered");
-            true
+            Ok(())
         }
         Err(error) => {
             tracing::error!(
                 event_id = %id,
                 code,
                 error = %error,
-                "Event refused by Kafka for good, and the dead-letter topic did not take it either; nothing stored"
+                "Event refused by Kafka for good, and its dead letter was not stored"
             );
-            false
+            Err(error)
         }
     }
 }

@@ -30,7 +30,7 @@ async fn a_request_dropped_while_it_waits_is_counted_out_of_in_flight() {
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
     )
     .expect("settings");
-    let metrics = Arc::new(Metrics::new(&settings.topics, false));
+    let metrics = Arc::new(Metrics::new(&settings.topics, false, Default::default()));
     let ingress = web::Data::new(Ingress {
         authenticator: Authenticator::new(&settings.auth),
         normalizer: Normalizer::new(settings.topics.clone(), settings.event_source.clone()),

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
+use crate::conditions::Conditions;
 use crate::publish::kafka::KafkaUnusable;
 use crate::spool::SpoolStatus;
 
@@ -18,6 +19,10 @@ pub enum NotReady {
     ShuttingDown,
     #[error("the spool is full ({bytes} of {limit} bytes) until Kafka takes the backlog")]
     SpoolFull { bytes: u64, limit: u64 },
+    #[error("the spool's volume has no room; it is checked every second")]
+    VolumeFull,
+    #[error("a write and fsync to the spool's volume has taken {ms} ms and goes on")]
+    VolumeStalled { ms: u64 },
     #[error("the producer queue is at its limit")]
     QueueFull,
     #[error("Kafka has not been probed yet")]
@@ -32,6 +37,8 @@ impl NotReady {
             NotReady::Failed(_) => "failed",
             NotReady::ShuttingDown => "shutting_down",
             NotReady::SpoolFull { .. } => "spool_full",
+            NotReady::VolumeFull => "volume_full",
+            NotReady::VolumeStalled { .. } => "volume_stalled",
             NotReady::QueueFull => "queue_full",
             NotReady::NotProbed => "not_probed",
             NotReady::Kafka(KafkaUnusable::Unreachable(_)) => "kafka_unreachable",
@@ -54,6 +61,7 @@ pub struct Health {
     /// In spool mode, where the spool's status comes from: readiness then depends on its
     /// room, not on Kafka.
     spool: Option<SpoolProbe>,
+    conditions: Arc<Conditions>,
 }
 
 impl std::fmt::Debug for Health {
@@ -68,7 +76,7 @@ impl std::fmt::Debug for Health {
 
 impl Default for Health {
     fn default() -> Self {
-        Self::new(None)
+        Self::new(None, Arc::default())
     }
 }
 
@@ -93,15 +101,37 @@ impl Health {
         self.queue_full.store(full, Ordering::SeqCst);
     }
 
-    /// `spool` is given in spool mode.
-    pub fn new(spool: Option<SpoolProbe>) -> Self {
+    /// `spool` is given in spool mode; `conditions` are what readiness names.
+    pub fn new(spool: Option<SpoolProbe>, conditions: Arc<Conditions>) -> Self {
         Self {
             draining: AtomicBool::new(false),
             kafka: Mutex::new(None),
             queue_full: AtomicBool::new(false),
             fatal: Mutex::new(None),
             spool,
+            conditions,
         }
+    }
+
+    /// Every active condition, for the readiness body: its code, why, since when.
+    pub fn conditions(&self) -> serde_json::Value {
+        let active: Vec<serde_json::Value> = self
+            .conditions
+            .active()
+            .iter()
+            .map(|active| {
+                let since = time::OffsetDateTime::from(active.since)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                json!({
+                    "code": active.condition.code(),
+                    "reason": active.reason,
+                    "since": since,
+                    "seconds": active.lasted().as_secs_f64(),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(active)
     }
 
     /// The spool's status now, in spool mode.
@@ -129,6 +159,14 @@ impl Health {
             return Err(NotReady::ShuttingDown);
         }
         if let Some(spool) = self.spool_status() {
+            if let Some(running) = spool.stalled_for {
+                return Err(NotReady::VolumeStalled {
+                    ms: running.as_millis() as u64,
+                });
+            }
+            if spool.volume_full {
+                return Err(NotReady::VolumeFull);
+            }
             return match spool.has_room {
                 true => Ok(()),
                 false => Err(NotReady::SpoolFull {
@@ -213,9 +251,12 @@ mod tests {
             ..SpoolStatus::default()
         }));
         let source = status.clone();
-        let health = Health::new(Some(Arc::new(move || {
-            Some(source.lock().expect("status").clone())
-        })));
+        let health = Health::new(
+            Some(Arc::new(move || {
+                Some(source.lock().expect("status").clone())
+            })),
+            Arc::default(),
+        );
         assert_eq!(health.readiness(), Ok(()), "no need to wait for Kafka");
         health.set_kafka(Err(KafkaUnusable::Unreachable("all brokers down".into())));
         assert_eq!(health.readiness(), Ok(()));

@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::conditions::{Condition, Conditions};
 use crate::config::Topics;
 use crate::omnichat::{Action, Resource};
 use crate::spool::SpoolStatus;
@@ -33,6 +34,11 @@ struct CodeLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    condition: &'static str,
+}
+
 /// The bridge's metrics, all prefixed `omnichat_bridge_`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -51,6 +57,9 @@ pub struct Metrics {
     /// 1 while `/readyz` answers 200, else 0: what a dashboard and a flapping alert read.
     pub ready: Gauge,
     spool: Option<SpoolMetrics>,
+    conditions: std::sync::Arc<Conditions>,
+    condition_starts: Family<ConditionLabels, Counter>,
+    condition_active: Family<ConditionLabels, Gauge>,
 }
 
 /// Spool mode's gauges, set from the spool's status on every probe.
@@ -80,9 +89,22 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 impl Metrics {
-    /// The bridge's metrics; the spool's only in spool mode.
-    pub fn new(topics: &Topics, spool: bool) -> Self {
+    /// The bridge's metrics; the spool's only in spool mode. `conditions` are counted and
+    /// shown as they stand when metrics are read.
+    pub fn new(topics: &Topics, spool: bool, conditions: std::sync::Arc<Conditions>) -> Self {
         let mut registry = Registry::with_prefix("omnichat_bridge");
+        let condition_starts = Family::<ConditionLabels, Counter>::default();
+        registry.register(
+            "conditions",
+            "Times each condition that stops acceptance or forwarding started (see /readyz's conditions)",
+            condition_starts.clone(),
+        );
+        let condition_active = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "condition_active",
+            "1 while the condition holds, else 0",
+            condition_active.clone(),
+        );
         let spool = spool.then(|| {
             let metrics = SpoolMetrics::default();
             registry.register(
@@ -230,6 +252,27 @@ impl Metrics {
             kafka_up,
             ready,
             spool,
+            conditions,
+            condition_starts,
+            condition_active,
+        }
+    }
+
+    /// Brings the condition series up to date with the conditions themselves.
+    fn observe_conditions(&self) {
+        for condition in Condition::ALL {
+            let labels = ConditionLabels {
+                condition: condition.code(),
+            };
+            let starts = self.condition_starts.get_or_create(&labels);
+            starts.inc_by(
+                self.conditions
+                    .starts(condition)
+                    .saturating_sub(starts.get()),
+            );
+            self.condition_active
+                .get_or_create(&labels)
+                .set(i64::from(self.conditions.is_active(condition)));
         }
     }
 
@@ -330,6 +373,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.observe_conditions();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -350,7 +394,7 @@ mod tests {
             other: "x".into(),
             deadletter: "d".into(),
         };
-        let metrics = Metrics::new(&topics, false);
+        let metrics = Metrics::new(&topics, false, Default::default());
         let took = Duration::from_millis(1);
         metrics.observe_event("x", &Resource::Other("Seed".into()), &Action::Create, took);
         let before = metrics.render().len();

@@ -46,10 +46,13 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
             json!({"status": "not_ready", "code": not_ready.code(), "reason": not_ready.to_string()}),
         ),
     };
-    if let (Some(details), Some(body)) = (health.details(), body.as_object_mut())
-        && let Some(details) = details.as_object()
-    {
-        body.extend(details.clone());
+    if let Some(body) = body.as_object_mut() {
+        if let Some(details) = health.details()
+            && let Some(details) = details.as_object()
+        {
+            body.extend(details.clone());
+        }
+        body.insert("conditions".to_owned(), health.conditions());
     }
     response.json(body)
 }

@@ -353,9 +353,10 @@ impl KafkaPublisher {
         }
     }
 
-    /// Whether Kafka can take records for these topics now. Blocks for at most `timeout`;
-    /// readiness calls it from a background task.
-    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<(), KafkaUnusable> {
+    /// Whether Kafka can take records for these topics now, and which of their partitions have
+    /// no leader (named `topic[partition]`). Blocks for at most `timeout`; readiness calls it
+    /// from a background task.
+    pub fn probe(&self, topics: &[&str], timeout: Duration) -> Result<Vec<String>, KafkaUnusable> {
         let current = self.inner.current().ok_or(KafkaUnusable::Replacing)?;
         let metadata = current
             .producer
@@ -372,9 +373,20 @@ impl KafkaPublisher {
                 })
             })
             .collect();
+        let leaderless = metadata
+            .topics()
+            .iter()
+            .filter(|t| topics.contains(&t.name()))
+            .flat_map(|t| {
+                t.partitions()
+                    .iter()
+                    .filter(|p| p.leader() < 0 || p.error().is_some())
+                    .map(move |p| format!("{}[{}]", t.name(), p.id()))
+            })
+            .collect();
         self.replace_if_stuck();
         if missing.is_empty() {
-            Ok(())
+            Ok(leaderless)
         } else {
             Err(KafkaUnusable::TopicsMissing(missing))
         }

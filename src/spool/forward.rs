@@ -5,36 +5,40 @@
 //! (`enable.gapless.guarantee`): a partition's records land in the order they were handed over
 //! or the producer fails as a whole. On any failure the generation is replaced (every record it
 //! held resolved, the producer destroyed) and sending starts again from the oldest
-//! unacknowledged record, so at most one window is sent twice and a chat's first occurrences
-//! always follow log order.
+//! unacknowledged record, skipping those Kafka acknowledged meanwhile: a record is sent again
+//! only if it was not acknowledged, and a chat's first occurrences always follow log order.
 //!
 //! A record Kafka refuses for good is sent once more on its own (a refusal may concern the
 //! whole batch it travelled in); refused again, it is set aside (see [`set_aside`]) and
 //! forwarding goes on behind it. Errors an operator must fix keep it at the head, retried with
-//! backoff.
+//! backoff, as does a set-aside that fails; readiness names what holds forwarding up.
+//!
+//! The loop is [`Forwarder::run`]: fill the window, wait for what wakes it, settle what Kafka
+//! reported, and recover from a failure.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::Shared;
 use super::segments::{self, Entry, Position, SegmentReader};
+use crate::conditions::Condition;
 use crate::publish::PublishError;
 use crate::publish::Record;
-use crate::publish::kafka::{Delivery, KafkaPublisher, Outcome, SendError};
+use crate::publish::kafka::{Delivery, KafkaPublisher, SendError};
 use crate::publish::refusal::{Refused, Verdict};
 use rdkafka::error::RDKafkaErrorCode;
 
 mod set_aside;
 mod window;
 
-use window::{Pending, Window};
-
 use set_aside::NotSetAside;
 pub(crate) use set_aside::SetAsideTo;
+use window::{Pending, Window};
 
 /// Records handed to the producer and not yet acknowledged, at most.
 pub(crate) const WINDOW_RECORDS: usize = 4096;
@@ -44,6 +48,9 @@ pub(crate) const WINDOW_BYTES: usize = 32 << 20;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The oldest record waiting this long while Kafka acknowledges records behind it: its
+/// partition is away (a leader down, too few in-sync replicas), and readiness says so.
+const PARTITION_AWAY_AFTER: Duration = Duration::from_secs(5);
 
 /// What the forwarder needs of Kafka: generations of a producer. [`KafkaPublisher`] is the one
 /// implementation; the model-based test drives a scripted one.
@@ -56,7 +63,7 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// nothing if that generation is already gone. Blocks.
     fn replace(&self, generation: u64, why: &str);
     /// Changes whenever a record is not delivered.
-    fn failures(&self) -> tokio::sync::watch::Receiver<u64>;
+    fn failures(&self) -> watch::Receiver<u64>;
 }
 
 impl Sink for KafkaPublisher {
@@ -72,37 +79,80 @@ impl Sink for KafkaPublisher {
         KafkaPublisher::replace(self, generation, why);
     }
 
-    fn failures(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn failures(&self) -> watch::Receiver<u64> {
         KafkaPublisher::failures(self)
     }
 }
 
+/// Where the forwarder's records go, and what it does with those Kafka refuses for good.
 pub(super) struct Forwarder<S: Sink> {
     dir: PathBuf,
-    start: Position,
     shared: Arc<Shared>,
     sink: Arc<S>,
     deadletter: Arc<str>,
     max_record_bytes: usize,
     quarantine: Arc<super::quarantine::Quarantine>,
+    start: Position,
 }
 
-/// What woke the forwarder.
-enum Event {
+/// The forwarder at work: its place in the log and what Kafka holds of it.
+struct Forwarding<S: Sink> {
+    to: Forwarder<S>,
+    reader: SegmentReader,
+    window: Window,
+    /// The position after the last record acknowledged in log order.
+    acknowledged: Position,
+    checkpointed: Position,
+    /// Records behind the oldest unacknowledged one that Kafka acknowledged before their
+    /// producer was replaced: passed over, never sent again.
+    acknowledged_ahead: BTreeSet<Position>,
+    backoff: Duration,
+    /// Forwarding was held up (readiness says why) and has not moved since.
+    held: bool,
+    /// After a refusal for good: records up to here go one at a time, so that the one Kafka
+    /// refuses is known.
+    careful_until: Option<Position>,
+    /// The head record was refused for good on its own: set it aside, do not send it.
+    poison_head: Option<Refused>,
+    /// The oldest record of the window, and since when it has been the oldest.
+    front_since: Option<(Position, Instant)>,
+    stop: oneshot::Receiver<()>,
+    committed: watch::Receiver<Position>,
+    writer_open: bool,
+    failures: watch::Receiver<u64>,
+    tick: tokio::time::Interval,
+}
+
+/// What woke the forwarder while it waited.
+enum WakeUp {
     Stop,
-    Delivered(Outcome),
-    /// A record somewhere in the window was not delivered.
-    Failed,
+    /// The oldest record's outcome came.
+    FrontReported,
+    /// A record somewhere in the window was not delivered: its generation is done for.
+    NotDelivered,
+    /// The writer made more records durable.
     Committed,
     Tick,
 }
 
 /// Why forwarding stopped making progress, and how to go on.
-struct Failure {
-    reason: String,
-    /// The Kafka error, when Kafka gave one.
-    refused: Option<Refused>,
+enum Failure {
+    /// The generation failed, with a reason when it is not in the window's outcomes.
+    Window(Option<String>),
+    /// The head record cannot be read: only a restart's recovery goes on from there.
+    Unreadable(String),
+    /// Nothing of the window is outstanding and the head record could not be handed over.
+    Send {
+        reason: String,
+        refused: Option<Refused>,
+    },
+    /// The head record, refused for good, could not be set aside yet.
+    SetAside(String),
 }
+
+/// How a step ended: go on, or stop as told.
+type Step = Result<(), Stopped>;
+struct Stopped;
 
 impl<S: Sink> Forwarder<S> {
     pub(super) fn new(
@@ -116,12 +166,12 @@ impl<S: Sink> Forwarder<S> {
     ) -> Self {
         Self {
             dir: dir.to_owned(),
-            start,
             shared,
             sink,
             deadletter,
             max_record_bytes,
             quarantine,
+            start,
         }
     }
 
@@ -138,253 +188,368 @@ impl<S: Sink> Forwarder<S> {
         }
     }
 
-    pub(super) async fn run(self, mut stop: oneshot::Receiver<()>) {
-        let shared = &self.shared;
-        let mut reader = SegmentReader::new(&self.dir, self.start);
-        let mut committed = shared.committed.subscribe();
-        let mut failures = self.sink.failures();
-        let mut writer_open = true;
-        let mut window = Window::default();
-        let mut acknowledged = self.start;
-        let mut checkpointed = self.start;
-        let mut backoff = FIRST_BACKOFF;
-        // After a refusal for good: records up to here go one at a time, so that the one
-        // Kafka refuses is known.
-        let mut careful_until: Option<Position> = None;
-        // The head record was refused for good on its own: set it aside, do not send it.
-        let mut poison_head: Option<Refused> = None;
+    pub(super) async fn run(self, stop: oneshot::Receiver<()>) {
+        let mut forwarding = Forwarding::new(self, stop);
+        while forwarding.step().await.is_ok() {}
+        forwarding.window.clear();
+        forwarding.checkpoint();
+    }
+}
+
+impl<S: Sink> Forwarding<S> {
+    fn new(to: Forwarder<S>, stop: oneshot::Receiver<()>) -> Self {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-        'forwarding: loop {
-            let end = *committed.borrow_and_update();
-            if careful_until.is_some_and(|until| acknowledged >= until) {
-                careful_until = None;
-            }
-            if window.pending.is_empty() {
-                window.generation = self.sink.generation();
-                failures.mark_unchanged();
-            }
-            let mut failure = None;
-            while let Some(generation) = window.generation {
-                let room = match careful_until {
-                    Some(_) => window.pending.is_empty(),
-                    None => window.pending.len() < WINDOW_RECORDS && window.bytes < WINDOW_BYTES,
-                };
-                if !room {
-                    break;
-                }
-                let before = reader.position();
-                let (entry, after) = match reader.next(end) {
-                    Ok(Some(next)) => next,
-                    Ok(None) => break,
-                    Err(error) => {
-                        // Never skipped: a restart's recovery refuses or sets the segment aside.
-                        let reason = format!("the spool cannot be read: {error}");
-                        shared.fail_forwarding(reason.clone());
-                        failure = Some(Failure {
-                            reason,
-                            refused: None,
-                        });
-                        break;
-                    }
-                };
-                if let Some(refused) = poison_head.take() {
-                    match self.set_aside(entry, &refused, generation, &mut stop).await {
-                        Ok(()) => {
-                            acknowledged = after;
-                            shared.records.fetch_sub(1, Ordering::AcqRel);
-                            shared.acknowledged.send_replace(acknowledged);
-                            continue;
-                        }
-                        Err(NotSetAside::Stopping) => break 'forwarding,
-                        Err(NotSetAside::Failed(reason)) => {
-                            poison_head = Some(refused);
-                            reader.seek(before);
-                            failure = Some(Failure {
-                                reason,
-                                refused: None,
-                            });
-                            break;
-                        }
-                    }
-                }
-                let bytes = entry.record.size();
-                match self.sink.send(&entry.record, generation) {
-                    Ok(delivery) => window.push(Pending {
-                        after,
-                        accepted_ms: entry.accepted_ms,
-                        bytes,
-                        delivery,
-                    }),
-                    Err(error) => {
-                        reader.seek(before);
-                        if window.pending.is_empty() {
-                            failure = Some(send_failure(error, &mut poison_head));
-                        }
-                        // Else the window resolves first, and the failure shows there.
-                        break;
-                    }
-                }
-            }
-            match window.pending.front() {
-                Some(oldest) => shared
-                    .oldest_ms
-                    .store(oldest.accepted_ms, Ordering::Release),
-                None if failure.is_none() => {
-                    // Everything read was acknowledged; the reader may have passed empty
-                    // segments, which counts as progress too.
-                    shared.oldest_ms.store(0, Ordering::Release);
-                    if reader.position() > acknowledged {
-                        acknowledged = reader.position();
-                        shared.acknowledged.send_replace(acknowledged);
-                    }
-                }
-                None => {}
-            }
-
-            // Whether a record of the window was not delivered: its generation is done for.
-            let mut window_failed = failure.is_some();
-            if failure.is_none() {
-                let event = tokio::select! {
-                    biased;
-                    _ = &mut stop => Event::Stop,
-                    outcome = async {
-                        match window.pending.front_mut() {
-                            Some(pending) => (&mut pending.delivery).await,
-                            None => std::future::pending().await,
-                        }
-                    }, if !window.pending.is_empty() => Event::Delivered(outcome.unwrap_or_else(|_| {
-                        Err(Refused::new(RDKafkaErrorCode::Fail, "the producer closed before reporting"))
-                    })),
-                    _ = failures.changed(), if !window.pending.is_empty() => Event::Failed,
-                    changed = committed.changed(), if writer_open => {
-                        // The writer is gone on shutdown; nothing more will be committed.
-                        writer_open = changed.is_ok();
-                        Event::Committed
-                    }
-                    _ = tick.tick() => Event::Tick,
-                };
-                match event {
-                    Event::Stop => break,
-                    Event::Committed => {}
-                    Event::Tick => self.checkpoint(acknowledged, &mut checkpointed),
-                    Event::Failed => window_failed = true,
-                    Event::Delivered(outcome) => {
-                        let done = window.take_acknowledged(Some(outcome), &mut acknowledged);
-                        self.count_forwarded(done, acknowledged, &mut backoff);
-                        window_failed = window.refused.is_some();
-                    }
-                }
-            }
-            if !window_failed {
-                continue;
-            }
-            // Every record of this generation is resolved and its producer destroyed before
-            // anything goes to the next; then from the oldest unacknowledged record again.
-            if let Some(generation) = window.generation {
-                let why = failure
-                    .as_ref()
-                    .map_or("a spooled record was not delivered", |f| &f.reason);
-                self.sink.replace(generation, why);
-            }
-            let done = window.take_acknowledged(None, &mut acknowledged);
-            self.count_forwarded(done, acknowledged, &mut backoff);
-            let alone = window.sent == 1;
-            let refused = window.worst_refusal();
-            window.clear();
-            reader.seek(acknowledged);
-            failures.mark_unchanged();
-            let failure = match (failure, refused) {
-                (Some(failure), _) => failure,
-                (None, Some(refused)) => Failure {
-                    reason: format!("Kafka refused a spooled record: {refused}"),
-                    refused: Some(refused),
-                },
-                (None, None) => continue,
-            };
-            if let Some(refused) = &failure.refused {
-                shared.count_forward_failure(refused);
-                if refused.verdict() == Verdict::Poison && poison_head.is_none() {
-                    if careful_until.is_some() && alone {
-                        // Refused on its own: the record itself is the cause.
-                        poison_head = Some(refused.clone());
-                    } else {
-                        careful_until = Some(window.end.max(acknowledged));
-                    }
-                    // Sending again at once is what finds the record: no backoff.
-                    continue;
-                }
-            }
-            if poison_head.is_some() {
-                continue;
-            }
-            if !self.hold_up(failure.reason, &mut backoff, &mut stop).await {
-                break;
-            }
+        Self {
+            reader: SegmentReader::new(&to.dir, to.start),
+            window: Window::default(),
+            acknowledged: to.start,
+            checkpointed: to.start,
+            acknowledged_ahead: BTreeSet::new(),
+            backoff: FIRST_BACKOFF,
+            held: false,
+            careful_until: None,
+            poison_head: None,
+            front_since: None,
+            stop,
+            committed: to.shared.committed.subscribe(),
+            writer_open: true,
+            failures: to.sink.failures(),
+            tick,
+            to,
         }
-        window.clear();
-        self.checkpoint(acknowledged, &mut checkpointed);
     }
 
-    fn count_forwarded(&self, done: u64, acknowledged: Position, backoff: &mut Duration) {
+    /// One turn of the loop: fill the window, wait, and recover if something failed.
+    async fn step(&mut self) -> Step {
+        let failure = match self.fill().await? {
+            Some(failure) => Some(failure),
+            None => self.wait().await?,
+        };
+        match failure {
+            Some(failure) => self.recover(failure).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Hands records to the producer, in log order, until the window is full or the log read.
+    async fn fill(&mut self) -> Result<Option<Failure>, Stopped> {
+        let end = *self.committed.borrow_and_update();
+        if self
+            .careful_until
+            .is_some_and(|until| self.acknowledged >= until)
+        {
+            self.careful_until = None;
+        }
+        if self.window.pending.is_empty() {
+            self.window.generation = self.to.sink.generation();
+            self.failures.mark_unchanged();
+        }
+        while let Some(generation) = self.window.generation {
+            if self.window.is_full(self.careful_until.is_some()) {
+                break;
+            }
+            let before = self.reader.position();
+            let (entry, after) = match self.reader.next(end) {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(error) => return Ok(Some(Failure::Unreadable(error.to_string()))),
+            };
+            if let Some(refused) = self.poison_head.take() {
+                match self
+                    .set_aside_head(entry, after, refused, generation)
+                    .await?
+                {
+                    None => continue,
+                    Some(failure) => {
+                        self.reader.seek(before);
+                        return Ok(Some(failure));
+                    }
+                }
+            }
+            if self.acknowledged_ahead.remove(&after) {
+                let pending = Pending::acknowledged_before(after, entry.accepted_ms, &entry.record);
+                self.window.push(pending, false);
+                continue;
+            }
+            match self.to.sink.send(&entry.record, generation) {
+                Ok(delivery) => {
+                    let pending = Pending::sent(after, entry.accepted_ms, &entry.record, delivery);
+                    self.window.push(pending, true);
+                }
+                Err(error) => {
+                    self.reader.seek(before);
+                    // With records outstanding, the window resolves first and shows the failure.
+                    if self.window.pending.is_empty() {
+                        return Ok(Some(self.send_failure(error)));
+                    }
+                    break;
+                }
+            }
+        }
+        self.note_oldest();
+        Ok(None)
+    }
+
+    /// Sets the head record aside; the failure to report when it could not be.
+    async fn set_aside_head(
+        &mut self,
+        entry: Entry,
+        after: Position,
+        refused: Refused,
+        generation: u64,
+    ) -> Result<Option<Failure>, Stopped> {
+        match self
+            .to
+            .set_aside(entry, &refused, generation, &mut self.stop)
+            .await
+        {
+            Ok(()) => {
+                self.acknowledged = after;
+                self.to.shared.records.fetch_sub(1, Ordering::AcqRel);
+                self.to.shared.acknowledged.send_replace(after);
+                self.moved();
+                Ok(None)
+            }
+            Err(NotSetAside::Stopping) => Err(Stopped),
+            Err(NotSetAside::Failed(reason)) => {
+                self.poison_head = Some(refused);
+                Ok(Some(Failure::SetAside(reason)))
+            }
+        }
+    }
+
+    /// What readiness shows of the oldest record; an empty window with everything read is
+    /// progress too (the reader may have passed empty segments).
+    fn note_oldest(&mut self) {
+        let shared = &self.to.shared;
+        match self.window.pending.front() {
+            Some(oldest) => shared
+                .oldest_ms
+                .store(oldest.accepted_ms, Ordering::Release),
+            None => {
+                shared.oldest_ms.store(0, Ordering::Release);
+                if self.reader.position() > self.acknowledged {
+                    self.acknowledged = self.reader.position();
+                    shared.acknowledged.send_replace(self.acknowledged);
+                }
+            }
+        }
+    }
+
+    /// Waits for the next thing that moves forwarding, and takes it in.
+    async fn wait(&mut self) -> Result<Option<Failure>, Stopped> {
+        let waiting = !self.window.pending.is_empty();
+        let wake_up = tokio::select! {
+            biased;
+            _ = &mut self.stop => WakeUp::Stop,
+            () = async {
+                match self.window.pending.front_mut() {
+                    Some(front) => front.outcome().await,
+                    None => std::future::pending().await,
+                }
+            }, if waiting => WakeUp::FrontReported,
+            _ = self.failures.changed(), if waiting => WakeUp::NotDelivered,
+            changed = self.committed.changed(), if self.writer_open => {
+                // The writer is gone on shutdown; nothing more will be committed.
+                self.writer_open = changed.is_ok();
+                WakeUp::Committed
+            }
+            _ = self.tick.tick() => WakeUp::Tick,
+        };
+        match wake_up {
+            WakeUp::Stop => return Err(Stopped),
+            WakeUp::Committed => {}
+            WakeUp::Tick => {
+                self.checkpoint();
+                self.watch_front();
+            }
+            WakeUp::NotDelivered => return Ok(Some(Failure::Window(None))),
+            WakeUp::FrontReported => {
+                self.settle();
+                if self.window.refused.is_some() {
+                    return Ok(Some(Failure::Window(None)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes in what Kafka acknowledged at the front of the window.
+    fn settle(&mut self) {
+        let done = self.window.take_acknowledged(&mut self.acknowledged);
         if done == 0 {
             return;
         }
-        let shared = &self.shared;
+        let shared = &self.to.shared;
         // Counted as forwarded before no longer waiting, so whoever sees the spool empty also
         // sees every record forwarded.
         shared.forwarded.fetch_add(done, Ordering::AcqRel);
         shared.records.fetch_sub(done, Ordering::AcqRel);
-        shared.acknowledged.send_replace(acknowledged);
-        if *backoff != FIRST_BACKOFF {
-            *backoff = FIRST_BACKOFF;
-            shared.set_forward_error(None);
-            tracing::info!("Kafka takes spooled records again");
+        shared.acknowledged.send_replace(self.acknowledged);
+        if !self.acknowledged_ahead.is_empty() {
+            let acknowledged = self.acknowledged;
+            self.acknowledged_ahead
+                .retain(|after| *after > acknowledged);
         }
+        self.moved();
+    }
+
+    /// Forwarding moved: whatever held it up is over.
+    fn moved(&mut self) {
+        if self.held {
+            self.held = false;
+            self.backoff = FIRST_BACKOFF;
+            self.to.shared.forwarding_moves();
+        }
+    }
+
+    /// Names a partition that takes nothing while others take records (readiness), and clears
+    /// it once the oldest record moves.
+    fn watch_front(&mut self) {
+        let conditions = &self.to.shared.conditions;
+        let Some(front) = self.window.pending.front() else {
+            self.front_since = None;
+            conditions.clear(Condition::PartitionUnavailable);
+            return;
+        };
+        let (topic, key, after) = (front.topic.clone(), front.key.clone(), front.after);
+        match self.front_since {
+            Some((position, since)) if position == after => {
+                if since.elapsed() >= PARTITION_AWAY_AFTER
+                    && self.window.front_waits_while_others_land()
+                {
+                    conditions.raise(
+                        Condition::PartitionUnavailable,
+                        format!(
+                            "the partition of {topic} that key {key} goes to has taken nothing for {} s while others take records (a leader down, or too few in-sync replicas)",
+                            since.elapsed().as_secs()
+                        ),
+                    );
+                }
+            }
+            _ => {
+                self.front_since = Some((after, Instant::now()));
+                conditions.clear(Condition::PartitionUnavailable);
+            }
+        }
+    }
+
+    /// After a failure: the generation replaced, the window resolved, and what to send again
+    /// decided; then a backoff unless sending again at once is what finds a refused record.
+    async fn recover(&mut self, failure: Failure) -> Step {
+        let (reason, refused) = match failure {
+            Failure::SetAside(reason) => {
+                return self.hold_up(Condition::SetAsideFailing, reason).await;
+            }
+            Failure::Unreadable(error) => {
+                // Never skipped: a restart's recovery refuses or sets the segment aside.
+                let reason = format!("the spool cannot be read: {error}");
+                self.to.shared.fail_forwarding(reason.clone());
+                (Some(reason), None)
+            }
+            Failure::Send { reason, refused } => (Some(reason), refused),
+            Failure::Window(reason) => (reason, None),
+        };
+        let alone = self.window.sent == 1;
+        let refused = refused.or_else(|| self.replace_generation(reason.as_deref()));
+        if let Some(refused) = &refused {
+            self.to.shared.count_forward_failure(refused);
+            if refused.verdict() == Verdict::Poison && self.poison_head.is_none() {
+                if self.careful_until.is_some() && alone {
+                    // Refused on its own: the record itself is the cause.
+                    self.poison_head = Some(refused.clone());
+                } else {
+                    self.careful_until = Some(self.window.end.max(self.acknowledged));
+                }
+                return Ok(());
+            }
+        }
+        if self.poison_head.is_some() {
+            return Ok(());
+        }
+        let reason = match (reason, refused) {
+            (Some(reason), _) => reason,
+            (None, Some(refused)) => format!("Kafka refused a spooled record: {refused}"),
+            (None, None) => return Ok(()),
+        };
+        self.hold_up(Condition::ForwardingHeld, reason).await
+    }
+
+    /// Replaces the window's generation once every record it holds is resolved, keeps what
+    /// Kafka acknowledged, and goes back to the oldest unacknowledged record. Returns the
+    /// refusal that matters most among the window's outcomes.
+    fn replace_generation(&mut self, reason: Option<&str>) -> Option<Refused> {
+        if let Some(generation) = self.window.generation {
+            let why = reason.unwrap_or("a spooled record was not delivered");
+            self.to.sink.replace(generation, why);
+        }
+        self.settle();
+        let acknowledged: Vec<Position> = self.window.acknowledged_behind_front().collect();
+        self.acknowledged_ahead.extend(acknowledged);
+        let refused = self.window.worst_refusal();
+        self.window.clear();
+        self.reader.seek(self.acknowledged);
+        self.failures.mark_unchanged();
+        refused
+    }
+
+    /// A failure to hand a record over, with nothing of the window outstanding.
+    fn send_failure(&mut self, error: SendError) -> Failure {
+        let reason = format!("the spool forwarder could not hand a record over: {error}");
+        let refused = match error {
+            // The door keeps such records out; one written by an older version is set aside.
+            SendError::Publish(PublishError::TooLarge { .. }) => {
+                let refused = Refused::new(RDKafkaErrorCode::MessageSizeTooLarge, reason.clone());
+                self.poison_head = Some(refused.clone());
+                Some(refused)
+            }
+            _ => None,
+        };
+        Failure::Send { reason, refused }
     }
 
     /// Reports why forwarding is held up and waits out the backoff, which doubles for the next
-    /// time. Returns false when told to stop meanwhile.
-    async fn hold_up(
-        &self,
-        reason: String,
-        backoff: &mut Duration,
-        stop: &mut oneshot::Receiver<()>,
-    ) -> bool {
+    /// time; readiness finding Kafka usable again cuts it short. What was forwarded is
+    /// checkpointed first, so its segments are deleted even while the head is stuck.
+    async fn hold_up(&mut self, condition: Condition, reason: String) -> Step {
+        self.checkpoint();
         tracing::warn!(
-            retry_in_ms = backoff.as_millis() as u64,
+            retry_in_ms = self.backoff.as_millis() as u64,
             reason = %reason,
             "Spool forwarding held up, sending again from the oldest unacknowledged record"
         );
-        self.shared.set_forward_error(Some(reason));
+        self.to.shared.hold_forwarding(condition, reason);
+        self.held = true;
         let waited = tokio::select! {
-            _ = stop => false,
-            () = tokio::time::sleep(*backoff) => true,
+            _ = &mut self.stop => Err(Stopped),
+            () = tokio::time::sleep(self.backoff) => Ok(()),
+            () = self.to.shared.kick.notified() => Ok(()),
         };
-        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         waited
     }
 
-    /// Makes `acknowledged` durable, then deletes the segments wholly before it. Those were
-    /// all acknowledged, so they go even when the checkpoint cannot be written (a full
+    /// Records the acknowledged position, then deletes the segments wholly before it. Those
+    /// were all acknowledged, so they go even when the checkpoint cannot be written (a full
     /// volume): a stale checkpoint only sends records again.
-    fn checkpoint(&self, acknowledged: Position, checkpointed: &mut Position) {
-        if acknowledged == *checkpointed {
+    fn checkpoint(&mut self) {
+        let acknowledged = self.acknowledged;
+        if acknowledged == self.checkpointed {
             return;
         }
-        if let Err(error) = segments::write_checkpoint(&self.dir, acknowledged) {
+        if let Err(error) = segments::write_checkpoint(&self.to.dir, acknowledged) {
             tracing::warn!(error = %error, "Spool checkpoint not written (records may be sent again)");
         }
-        for segment in checkpointed.segment..acknowledged.segment {
-            let path = segments::segment_path(&self.dir, segment);
+        for segment in self.checkpointed.segment..acknowledged.segment {
+            let path = segments::segment_path(&self.to.dir, segment);
             let Ok(metadata) = std::fs::metadata(&path) else {
                 continue;
             };
             match std::fs::remove_file(&path) {
                 Ok(()) => {
-                    self.shared.release(metadata.len());
-                    self.shared.disk_full.store(false, Ordering::Release);
+                    self.to.shared.release(metadata.len());
+                    self.to.shared.volume_has_room();
                 }
                 Err(error) => tracing::warn!(
                     segment = %path.display(),
@@ -393,27 +558,7 @@ impl<S: Sink> Forwarder<S> {
                 ),
             }
         }
-        *checkpointed = acknowledged;
-    }
-}
-
-/// A failure to hand a record over, with nothing of the window outstanding.
-fn send_failure(error: SendError, poison_head: &mut Option<Refused>) -> Failure {
-    let reason = format!("the spool forwarder could not hand a record over: {error}");
-    match error {
-        SendError::Publish(PublishError::TooLarge { .. }) => {
-            // The door keeps such records out; one written by an older version is set aside.
-            let refused = Refused::new(RDKafkaErrorCode::MessageSizeTooLarge, reason.clone());
-            *poison_head = Some(refused.clone());
-            Failure {
-                reason,
-                refused: Some(refused),
-            }
-        }
-        _ => Failure {
-            reason,
-            refused: None,
-        },
+        self.checkpointed = acknowledged;
     }
 }
 

@@ -2,14 +2,17 @@
 //! every request in it is answered (group commit), so concurrent requests share a fsync.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::segments::{AppendError, SegmentWriter};
-use super::{MAX_BATCH_BYTES, SLOW_COMMIT, Shared};
+use super::{MAX_BATCH_BYTES, SLOW_COMMIT, Shared, now_ms};
 use crate::publish::PublishError;
+
+/// While the volume is full, how often the writer looks whether it has room again.
+const ROOM_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// One request's frame, and where its answer goes once the frame is durable.
 pub(super) struct Append {
@@ -25,7 +28,15 @@ pub(super) fn write_loop(
 ) {
     let mut frames = Vec::with_capacity(MAX_BATCH_BYTES);
     let mut batch = Vec::new();
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match next_append(queue, shared) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                probe_room(&writer, shared);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let mut bytes = first.frame.len();
         batch.push(first);
         while bytes < MAX_BATCH_BYTES {
@@ -44,72 +55,112 @@ pub(super) fn write_loop(
                 for append in &batch {
                     frames.extend_from_slice(&append.frame);
                 }
-                let started = Instant::now();
-                let appended = writer.append(&frames);
-                let took = started.elapsed();
-                shared.commits.fetch_add(1, Ordering::AcqRel);
-                shared
-                    .commit_micros
-                    .fetch_add(took.as_micros() as u64, Ordering::AcqRel);
-                if took >= SLOW_COMMIT {
-                    tracing::warn!(
-                        took_ms = took.as_millis() as u64,
-                        records = batch.len(),
-                        "Spool write and fsync were slow; every 202 waits for one: check the volume"
-                    );
-                }
-                appended
+                commit(&mut writer, &frames, batch.len(), shared)
             }
         };
-        match outcome {
-            Ok((end, grown)) => {
-                shared.disk_full.store(false, Ordering::Release);
-                // The batch's reservation becomes what the files grew by: a new segment's
-                // size, or nothing while a preallocated segment has room.
-                let reserved = bytes as u64;
-                if grown >= reserved {
-                    shared.used.fetch_add(grown - reserved, Ordering::AcqRel);
-                } else {
-                    shared.release(reserved - grown);
-                }
-                shared
-                    .records
-                    .fetch_add(batch.len() as u64, Ordering::AcqRel);
-                shared.committed.send_replace(end);
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Ok(()));
-                }
-            }
-            Err(AppendError::NoSpace(error)) => {
-                // The writer sealed its segment: the forwarder may pass its end and delete it.
-                shared.committed.send_replace(writer.end());
-                // Nothing of the batch was kept; the senders retry once forwarding has freed
-                // space, and readiness says the spool is full meanwhile.
-                if !shared.disk_full.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(
-                        error = %error,
-                        "Spool volume full; answering 503 spool_full until forwarding frees space"
-                    );
-                }
-                shared.release(bytes as u64);
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Err(PublishError::DiskFull {
-                        limit: shared.limit,
-                    }));
-                }
-            }
-            Err(AppendError::Io(error)) => {
-                let reason = error.to_string();
-                if shared.failure().is_none() {
-                    shared.fail(reason.clone());
-                }
-                shared.release(bytes as u64);
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Err(PublishError::Failed(format!(
-                        "the spool cannot write: {reason}"
-                    ))));
-                }
-            }
+        settle(outcome, &mut batch, bytes as u64, &writer, shared);
+        shared.queued.fetch_sub(bytes as u64, Ordering::AcqRel);
+    }
+}
+
+/// The next append; while the volume is full, a timeout now and then to probe it.
+fn next_append(
+    queue: &mpsc::Receiver<Append>,
+    shared: &Shared,
+) -> Result<Append, RecvTimeoutError> {
+    if shared.disk_full.load(Ordering::Acquire) {
+        queue.recv_timeout(ROOM_PROBE_EVERY)
+    } else {
+        queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
+    }
+}
+
+/// Nothing comes while readiness says the volume is full, so the writer asks the volume.
+fn probe_room(writer: &SegmentWriter, shared: &Shared) {
+    match writer.has_room_for(shared.largest_event as usize) {
+        Ok(true) => {
+            tracing::info!("Spool volume has room again");
+            shared.volume_has_room();
         }
+        Ok(false) => {}
+        Err(error) => tracing::debug!(error = %error, "Spool volume room probe failed"),
+    }
+}
+
+/// Writes and fsyncs one batch, timed: its start is what readiness sees of a stalled volume.
+fn commit(
+    writer: &mut SegmentWriter,
+    frames: &[u8],
+    records: usize,
+    shared: &Shared,
+) -> Result<(super::segments::Position, u64), AppendError> {
+    shared.commit_started_ms.store(now_ms(), Ordering::Release);
+    let started = Instant::now();
+    let appended = writer.append(frames);
+    let took = started.elapsed();
+    shared.commit_started_ms.store(0, Ordering::Release);
+    shared.commits.fetch_add(1, Ordering::AcqRel);
+    shared
+        .commit_micros
+        .fetch_add(took.as_micros() as u64, Ordering::AcqRel);
+    if took >= SLOW_COMMIT {
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            records,
+            "Spool write and fsync were slow; every 202 waits for one: check the volume"
+        );
+    }
+    appended
+}
+
+/// Answers every request of the batch with the commit's outcome.
+fn settle(
+    outcome: Result<(super::segments::Position, u64), AppendError>,
+    batch: &mut Vec<Append>,
+    reserved: u64,
+    writer: &SegmentWriter,
+    shared: &Shared,
+) {
+    let answer = match outcome {
+        Ok((end, grown)) => {
+            shared.volume_has_room();
+            // The batch's reservation becomes what the files grew by: a new segment's size,
+            // or nothing while a preallocated segment has room.
+            if grown >= reserved {
+                shared.used.fetch_add(grown - reserved, Ordering::AcqRel);
+            } else {
+                shared.release(reserved - grown);
+            }
+            shared
+                .records
+                .fetch_add(batch.len() as u64, Ordering::AcqRel);
+            shared.committed.send_replace(end);
+            Ok(())
+        }
+        Err(AppendError::NoSpace(error)) => {
+            // The writer sealed its segment: the forwarder may pass its end and delete it.
+            shared.committed.send_replace(writer.end());
+            // Nothing of the batch was kept; the senders retry once the volume has room, and
+            // readiness says it is full meanwhile.
+            shared.volume_full(&error);
+            shared.release(reserved);
+            Err(PublishError::DiskFull {
+                limit: shared.limit,
+            })
+        }
+        Err(AppendError::Io(error)) => {
+            let reason = error.to_string();
+            if shared.failure().is_none() {
+                shared.fail(reason.clone());
+            }
+            shared.release(reserved);
+            Err(PublishError::Failed(format!(
+                "the spool cannot write: {reason}"
+            )))
+        }
+    };
+    for append in batch.drain(..) {
+        let _ = append.done.send(answer.clone());
+        shared.unanswered.fetch_sub(1, Ordering::AcqRel);
     }
 }

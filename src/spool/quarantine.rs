@@ -28,19 +28,28 @@ const SEGMENT_BYTES: u64 = 16 << 20;
 #[derive(Debug)]
 pub(super) struct Quarantine {
     dir: PathBuf,
-    /// The file records are appended to; closed by a re-drive, so that it handles only
-    /// files nothing writes to any more.
-    writer: Mutex<Option<SegmentWriter>>,
+    files: Mutex<Files>,
     shared: Arc<Shared>,
     /// One re-drive at a time: two would re-drive the same files twice.
     redriving: tokio::sync::Mutex<()>,
+}
+
+/// The quarantine's files as set-asides and re-drives see them.
+#[derive(Debug, Default)]
+struct Files {
+    /// The file records are appended to; closed by a re-drive, so that it handles only files
+    /// nothing writes to any more.
+    writer: Option<SegmentWriter>,
+    /// Where the next writer starts: past every file a re-drive listed, so a set-aside never
+    /// appends to a file a re-drive is reading and will remove.
+    next: u64,
 }
 
 impl Quarantine {
     pub(super) fn new(spool_dir: &Path, shared: Arc<Shared>) -> Self {
         Self {
             dir: spool_dir.join(segments::QUARANTINE),
-            writer: Mutex::new(None),
+            files: Mutex::new(Files::default()),
             shared,
             redriving: tokio::sync::Mutex::new(()),
         }
@@ -48,17 +57,15 @@ impl Quarantine {
 
     /// Appends `letters` durably, each with when the spool accepted it.
     pub(super) fn append(&self, letters: &[(&Record, u64)]) -> Result<(), String> {
-        let mut writer = lock(&self.writer);
-        if writer.is_none() {
+        let mut files = lock(&self.files);
+        let files = &mut *files;
+        if files.writer.is_none() {
             std::fs::create_dir_all(&self.dir)
                 .map_err(|e| format!("{}: {e}", self.dir.display()))?;
-            *writer = Some(SegmentWriter::new(
-                &self.dir,
-                next_segment(&self.dir),
-                SEGMENT_BYTES,
-            ));
+            let first = files.next.max(next_segment(&self.dir));
+            files.writer = Some(SegmentWriter::new(&self.dir, first, SEGMENT_BYTES));
         }
-        let Some(writer) = writer.as_mut() else {
+        let Some(writer) = files.writer.as_mut() else {
             return Err("no quarantine writer".to_owned());
         };
         let frames: Vec<u8> = letters
@@ -75,12 +82,17 @@ impl Quarantine {
         Ok(())
     }
 
-    /// Closes the file being written and lists the set-aside files, oldest first.
+    /// Closes the file being written and lists the set-aside files, oldest first. Listed
+    /// under the lock, so no set-aside can start a file that the list holds.
     fn seal(&self) -> Vec<(u64, PathBuf)> {
-        lock(&self.writer).take();
-        let mut files: Vec<(u64, PathBuf)> = segments(&self.dir).collect();
-        files.sort_unstable();
-        files
+        let mut files = lock(&self.files);
+        files.writer = None;
+        let mut sealed: Vec<(u64, PathBuf)> = segments(&self.dir).collect();
+        sealed.sort_unstable();
+        if let Some((newest, _)) = sealed.last() {
+            files.next = files.next.max(newest + 1);
+        }
+        sealed
     }
 
     /// Removes `path`, whose records are re-driven or appended again.
@@ -239,5 +251,72 @@ impl Spool {
             }
         }
         (summary, Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::Header;
+    use crate::spool::segments::Recovered;
+
+    fn letter(n: u64) -> Record {
+        Record {
+            topic: "dlq".into(),
+            key: n.to_string(),
+            headers: vec![(Header::Borrowed("ce_id"), Header::Owned(n.to_string()))],
+            value: vec![b'x'; 200],
+        }
+    }
+
+    /// Set-asides keep coming while a re-drive seals and empties the quarantine: every letter
+    /// is either read by a re-drive or still in the quarantine, never removed unread.
+    #[test]
+    fn a_set_aside_during_a_seal_is_never_removed_unread() {
+        let dir = std::env::temp_dir().join(format!("omnichat-quarantine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let recovered = Recovered {
+            lock: std::fs::File::create(dir.join("lock")).expect("lock"),
+            start: Position::start_of(0),
+            records: 0,
+            bytes: 0,
+            next_segment: 0,
+            cut_bytes: 0,
+            set_aside_segments: 0,
+        };
+        let shared = Arc::new(Shared::new(
+            u64::MAX,
+            0,
+            &recovered,
+            Position::start_of(0),
+            Arc::default(),
+        ));
+        let quarantine = Arc::new(Quarantine::new(&dir, shared));
+        const LETTERS: u64 = 3_000;
+        let appender = {
+            let quarantine = quarantine.clone();
+            std::thread::spawn(move || {
+                for n in 0..LETTERS {
+                    quarantine.append(&[(&letter(n), n)]).expect("append");
+                }
+            })
+        };
+        let mut read = 0;
+        loop {
+            let done = appender.is_finished();
+            for (segment, path) in quarantine.seal() {
+                let (entries, damaged) = super::read(&quarantine.dir, segment, &path);
+                assert_eq!(damaged, None, "{}", path.display());
+                read += entries.len() as u64;
+                quarantine.remove(&path).expect("remove");
+            }
+            if done {
+                break;
+            }
+        }
+        appender.join().expect("appender");
+        assert_eq!(read, LETTERS, "letters removed before they were read");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

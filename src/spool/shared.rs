@@ -1,15 +1,16 @@
 //! What the request path, the writer thread and the forwarder share, and what readiness and
 //! metrics see of it.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::forward;
-use super::lock;
 use super::segments::{self, Position};
+use super::{lock, now_ms};
+use crate::conditions::{Condition, Conditions};
 use crate::publish::PublishError;
 
 /// What the probe, readiness and metrics see of the spool.
@@ -28,6 +29,11 @@ pub struct SpoolStatus {
     pub forwarded: u64,
     /// Whether an event of the largest allowed size still fits.
     pub has_room: bool,
+    /// The volume refused the last write for space (and no probe since found room).
+    pub volume_full: bool,
+    /// How long the group commit under way has taken, when it has taken longer than the
+    /// publish deadline: every request waiting for it is answered 503.
+    pub stalled_for: Option<Duration>,
     /// Why forwarding is held up, when Kafka refused a record.
     pub forward_error: Option<String>,
     /// Forwarding failures since start, by Kafka error code (a bounded set).
@@ -80,6 +86,16 @@ pub(super) struct Shared {
     pub(super) committed: watch::Sender<Position>,
     /// The position after the last record Kafka acknowledged.
     pub(super) acknowledged: watch::Sender<Position>,
+    pub(super) conditions: Arc<Conditions>,
+    /// Bytes of frames handed to the writer and not yet written; bounded, so that requests
+    /// which gave up on a stalled volume cannot pile their records up in memory.
+    pub(super) queued: AtomicU64,
+    /// Appends handed to the writer and not yet answered.
+    pub(super) unanswered: AtomicU64,
+    /// When the group commit under way started (ms since the epoch); 0 when none is.
+    pub(super) commit_started_ms: AtomicU64,
+    /// Wakes the forwarder out of a backoff: readiness found Kafka usable again.
+    pub(super) kick: Notify,
 }
 
 impl Shared {
@@ -89,6 +105,7 @@ impl Shared {
         largest_event: u64,
         recovered: &segments::Recovered,
         end: Position,
+        conditions: Arc<Conditions>,
     ) -> Self {
         Self {
             limit,
@@ -111,6 +128,35 @@ impl Shared {
             last_set_aside: Mutex::new(None),
             committed: watch::channel(end).0,
             acknowledged: watch::channel(recovered.start).0,
+            conditions,
+            queued: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
+            commit_started_ms: AtomicU64::new(0),
+            kick: Notify::new(),
+        }
+    }
+
+    /// The volume refused a write for space; `why` says how.
+    pub(super) fn volume_full(&self, why: &std::io::Error) {
+        self.disk_full.store(true, Ordering::Release);
+        self.conditions.raise(
+            Condition::VolumeFull,
+            format!("the spool's volume refused a write for space ({why}); answering 503 spool_full until it has room"),
+        );
+    }
+
+    /// A write went through, a probe found room, or forwarding freed space.
+    pub(super) fn volume_has_room(&self) {
+        if self.disk_full.swap(false, Ordering::AcqRel) {
+            self.conditions.clear(Condition::VolumeFull);
+        }
+    }
+
+    /// How long the group commit under way has run, if one is.
+    pub(super) fn commit_running_for(&self) -> Option<Duration> {
+        match self.commit_started_ms.load(Ordering::Acquire) {
+            0 => None,
+            started => Some(Duration::from_millis(now_ms().saturating_sub(started))),
         }
     }
 
@@ -140,8 +186,19 @@ impl Shared {
         }
     }
 
-    pub(super) fn set_forward_error(&self, reason: Option<String>) {
-        *lock(&self.forward_error) = reason;
+    /// Forwarding is held up by `condition`, for `reason`; readiness names both.
+    pub(super) fn hold_forwarding(&self, condition: Condition, reason: String) {
+        *lock(&self.forward_error) = Some(reason.clone());
+        self.conditions.raise(condition, reason);
+    }
+
+    /// Forwarding moves again: Kafka took a record, or one was set aside.
+    pub(super) fn forwarding_moves(&self) {
+        if lock(&self.forward_error).take().is_some() {
+            tracing::info!("Kafka takes spooled records again");
+        }
+        self.conditions.clear(Condition::ForwardingHeld);
+        self.conditions.clear(Condition::SetAsideFailing);
     }
 
     pub(super) fn count_forward_failure(&self, refused: &crate::publish::refusal::Refused) {
@@ -172,8 +229,9 @@ impl Shared {
             .map_err(|_| PublishError::DiskFull { limit: self.limit })
     }
 
+    /// Never below zero: a miscount must not make the spool look 18 EB full.
     pub(super) fn release(&self, bytes: u64) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        saturating_sub(&self.used, bytes);
     }
 
     /// The quarantine's files grew by `bytes`: they count against the limit like segments.
@@ -184,6 +242,12 @@ impl Shared {
 
     pub(super) fn shrink_quarantine(&self, bytes: u64) {
         self.release(bytes);
-        self.quarantine_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        saturating_sub(&self.quarantine_bytes, bytes);
     }
+}
+
+fn saturating_sub(counter: &AtomicU64, bytes: u64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        Some(n.saturating_sub(bytes))
+    });
 }

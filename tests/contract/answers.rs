@@ -3,6 +3,8 @@
 use omnichat_bridge::publish::PublishError;
 use omnichat_bridge::publish::refusal::Refused;
 use rdkafka::error::RDKafkaErrorCode;
+use serde_json::Value;
+use std::time::Duration;
 
 use crate::app::*;
 
@@ -228,4 +230,44 @@ async fn past_the_in_flight_limit_requests_are_503_overloaded_at_once() {
         assert_eq!(request.await.expect("task").expect("answered"), 202);
     }
     app.post_accepted(SEED).await;
+}
+
+#[tokio::test]
+async fn a_refused_event_whose_dead_letter_may_still_be_stored_is_503_not_4xx() {
+    let app = spawn(&[]).await;
+    let passing = [
+        PublishError::Timeout(Duration::from_secs(5)),
+        PublishError::QueueFull,
+        PublishError::Failed("the Kafka producer is being replaced".into()),
+    ];
+    for error in passing {
+        app.recorder.script([
+            Answer::Fail(PublishError::Poison(Refused::new(
+                RDKafkaErrorCode::PolicyViolation,
+                "refused",
+            ))),
+            Answer::Fail(error.clone()),
+        ]);
+        let response = app.post(SEED).await;
+        assert!(
+            response.headers().contains_key("retry-after"),
+            "{error}: no Retry-After"
+        );
+        let (status, body) = error_of(response).await;
+        assert_eq!(status, 503, "{error}: the body was never stored: {body}");
+    }
+    // Only when no topic could ever take the body: a 4xx saying nothing was stored.
+    app.recorder.script([
+        Answer::Fail(PublishError::Poison(Refused::new(
+            RDKafkaErrorCode::PolicyViolation,
+            "refused",
+        ))),
+        Answer::Fail(PublishError::Poison(Refused::new(
+            RDKafkaErrorCode::PolicyViolation,
+            "refused too",
+        ))),
+    ]);
+    let (status, body) = error_of(app.post(SEED).await).await;
+    assert_eq!((status, &body["deadLettered"]), (422, &Value::Bool(false)));
+    assert!(app.recorder.stored().is_empty());
 }

@@ -291,7 +291,7 @@ fn exposed_metric_names() -> BTreeSet<String> {
     .expect("defaults");
     let mut names = BTreeSet::new();
     for spool in [false, true] {
-        let rendered = Metrics::new(&settings.topics, spool).render();
+        let rendered = Metrics::new(&settings.topics, spool, Default::default()).render();
         for line in rendered.lines() {
             let mut parts = line.split_whitespace();
             if parts.next() != Some("#") || parts.next() != Some("TYPE") {

@@ -62,12 +62,17 @@ impl<S: Sink> Forwarder<S> {
                     .replace(generation, "the dead-letter topic refused a record");
                 self.quarantine
                     .append(&[(&letter, entry.accepted_ms)])
-                    .map_err(NotSetAside::Failed)?;
+                    .map_err(|error| {
+                        NotSetAside::Failed(format!(
+                            "event {id}, refused by Kafka for good, could not be set aside: the dead-letter topic refused it too, and {error}"
+                        ))
+                    })?;
                 SetAsideTo::Quarantine
             }
             Some(why) => {
                 return Err(NotSetAside::Failed(format!(
-                    "a record Kafka refused for good could not be dead-lettered: {why}"
+                    "event {id}, refused by Kafka for good, could not be set aside: the dead-letter topic did not take it ({}): {why}",
+                    why.code_name()
                 )));
             }
         };
@@ -81,27 +86,38 @@ impl<S: Sink> Forwarder<S> {
         Ok(())
     }
 
-    /// Sends `letter` on its own and waits for Kafka's answer: `None` when it was taken.
+    /// Sends `letter` on its own and waits for Kafka's answer: `None` when it was taken. A
+    /// letter still unanswered at the deadline is purged with its producer, so attempts that
+    /// fail this way do not pile letters up in it.
     async fn send_alone(
         &self,
         letter: &Record,
         generation: u64,
         stop: &mut oneshot::Receiver<()>,
     ) -> Result<Option<Refused>, NotSetAside> {
+        let id = letter.header("ce_id").unwrap_or_default();
+        let failed = |why: String| {
+            NotSetAside::Failed(format!(
+                "event {id}, refused by Kafka for good, could not be set aside: {why}"
+            ))
+        };
         let delivery = self
             .sink
             .send(letter, generation)
-            .map_err(|error| NotSetAside::Failed(error.to_string()))?;
+            .map_err(|error| failed(error.to_string()))?;
         tokio::select! {
             biased;
             _ = stop => Err(NotSetAside::Stopping),
             outcome = tokio::time::timeout(DEAD_LETTER_WAIT, delivery) => match outcome {
                 Ok(Ok(Ok(_))) => Ok(None),
                 Ok(Ok(Err(refused))) => Ok(Some(refused)),
-                Ok(Err(_)) => Err(NotSetAside::Failed("the producer closed".to_owned())),
-                Err(_) => Err(NotSetAside::Failed(format!(
-                    "the dead-letter topic did not acknowledge within {DEAD_LETTER_WAIT:?}"
-                ))),
+                Ok(Err(_)) => Err(failed("the producer closed".to_owned())),
+                Err(_) => {
+                    self.sink.replace(generation, "a dead letter was not acknowledged in time");
+                    Err(failed(format!(
+                        "the dead-letter topic did not acknowledge it within {DEAD_LETTER_WAIT:?}"
+                    )))
+                }
             },
         }
     }

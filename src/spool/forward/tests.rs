@@ -83,6 +83,14 @@ struct Kafka {
     dead_letters: Vec<u64>,
     sent: HashMap<u64, usize>,
     disruptions: usize,
+    /// Records acknowledged since the forwarder last started: a replacement must not send
+    /// them again (only a restart may, for what was not checkpointed).
+    acked: std::collections::HashSet<u64>,
+    resent_after_ack: Vec<u64>,
+    /// While set, the dead-letter topic answers every letter with this error.
+    deadletter_refuses: Option<RDKafkaErrorCode>,
+    deadletter_attempts: usize,
+    replacements: usize,
 }
 
 /// The scripted producer: Kafka as the model sees it.
@@ -112,6 +120,11 @@ impl Sink for FakeSink {
         let (reply, delivery) = oneshot::channel();
         let id = id_of(record);
         if &*record.topic == DEADLETTER {
+            kafka.deadletter_attempts += 1;
+            if let Some(code) = kafka.deadletter_refuses {
+                let _ = reply.send(Err(Refused::new(code, "scripted dead-letter refusal")));
+                return Ok(delivery);
+            }
             kafka.dead_letters.push(id);
             let _ = reply.send(Ok(Acked {
                 partition: 0,
@@ -120,6 +133,9 @@ impl Sink for FakeSink {
             return Ok(delivery);
         }
         *kafka.sent.entry(id).or_default() += 1;
+        if kafka.acked.contains(&id) {
+            kafka.resent_after_ack.push(id);
+        }
         kafka.in_flight.push(InFlight {
             generation,
             partition: id % CHATS,
@@ -137,6 +153,7 @@ impl Sink for FakeSink {
         }
         kafka.resolve_all();
         kafka.generation += 1;
+        kafka.replacements += 1;
         kafka.dead = false;
     }
 
@@ -199,6 +216,7 @@ impl Kafka {
                 .entry(partition)
                 .or_default()
                 .push(flight.id);
+            self.acked.insert(flight.id);
             let _ = flight.reply.send(Ok(Acked {
                 partition: partition as i32,
                 offset: 0,
@@ -237,7 +255,13 @@ impl Harness {
     fn open(dir: PathBuf, sink: Arc<FakeSink>, appended: Vec<u64>, poison: Vec<u64>) -> Self {
         let recovered = segments::recover(&dir, OnDamage::Refuse).expect("recover");
         let writer = SegmentWriter::new(&dir, recovered.next_segment, 4 << 10);
-        let shared = Arc::new(Shared::new(u64::MAX, 0, &recovered, writer.end()));
+        let shared = Arc::new(Shared::new(
+            u64::MAX,
+            0,
+            &recovered,
+            writer.end(),
+            Arc::default(),
+        ));
         let (stop, stopped) = oneshot::channel();
         let forwarder = Forwarder::new(
             &dir,
@@ -296,6 +320,8 @@ impl Harness {
             self.sink.replace(generation, "restart");
             kafka = self.sink.0.lock().expect("sink");
             kafka.disruptions += 1;
+            // What was acknowledged since the last checkpoint is sent again after a restart.
+            kafka.acked.clear();
         }
         if let Some(task) = self.task.take() {
             task.await.expect("forwarder ends");
@@ -394,6 +420,11 @@ async fn run_case(ops: Vec<Op>, poison_every: u64, case: usize) {
             );
         }
     }
+    assert!(
+        kafka.resent_after_ack.is_empty(),
+        "records sent again after Kafka acknowledged them: {:?}",
+        kafka.resent_after_ack
+    );
     for partition in 0..CHATS {
         let landed = kafka
             .partitions
@@ -426,6 +457,8 @@ async fn run_case(ops: Vec<Op>, poison_every: u64, case: usize) {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod stuck;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]

@@ -1,19 +1,97 @@
 //! The forwarder's window: records handed to one producer generation, oldest first, and what
-//! their deliveries say.
+//! Kafka reported for each.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::publish::kafka::{Delivery, Outcome};
+use crate::publish::Record;
+use crate::publish::kafka::{Acked, Delivery, Outcome};
 use crate::publish::refusal::{Refused, Verdict};
 use crate::spool::segments::Position;
 use rdkafka::error::RDKafkaErrorCode;
 
+/// One record of the window.
 pub(super) struct Pending {
+    /// The position after the record in the log.
     pub(super) after: Position,
     pub(super) accepted_ms: u64,
     pub(super) bytes: usize,
-    pub(super) delivery: Delivery,
+    /// Where it goes, for readiness to name a partition that takes nothing.
+    pub(super) topic: Arc<str>,
+    pub(super) key: String,
+    report: Report,
+}
+
+/// What Kafka reported for a record, as far as it has.
+enum Report {
+    Waiting(Delivery),
+    /// Each delivery is polled until it completes and never after: its outcome is kept here.
+    Came(Outcome),
+}
+
+fn closed() -> Outcome {
+    Err(Refused::new(
+        RDKafkaErrorCode::Fail,
+        "the producer closed before reporting",
+    ))
+}
+
+impl Pending {
+    /// A record handed to the producer, with the delivery that reports on it.
+    pub(super) fn sent(
+        after: Position,
+        accepted_ms: u64,
+        record: &Record,
+        delivery: Delivery,
+    ) -> Self {
+        Self::new(after, accepted_ms, record, Report::Waiting(delivery))
+    }
+
+    /// A record Kafka acknowledged before its producer was replaced: not sent again.
+    pub(super) fn acknowledged_before(after: Position, accepted_ms: u64, record: &Record) -> Self {
+        let acked = Acked {
+            partition: -1,
+            offset: -1,
+        };
+        Self::new(after, accepted_ms, record, Report::Came(Ok(acked)))
+    }
+
+    fn new(after: Position, accepted_ms: u64, record: &Record, report: Report) -> Self {
+        Self {
+            after,
+            accepted_ms,
+            bytes: record.size(),
+            topic: record.topic.clone(),
+            key: record.key.clone(),
+            report,
+        }
+    }
+
+    /// Its outcome, if it came, without waiting.
+    fn outcome_now(&mut self) -> Option<&Outcome> {
+        if let Report::Waiting(delivery) = &mut self.report {
+            let mut context = Context::from_waker(Waker::noop());
+            match std::pin::Pin::new(delivery).poll(&mut context) {
+                Poll::Ready(outcome) => {
+                    self.report = Report::Came(outcome.unwrap_or_else(|_| closed()))
+                }
+                Poll::Pending => return None,
+            }
+        }
+        match &self.report {
+            Report::Came(outcome) => Some(outcome),
+            Report::Waiting(_) => None,
+        }
+    }
+
+    /// Waits for its outcome. Cancel-safe: an outcome that came is kept.
+    pub(super) async fn outcome(&mut self) {
+        if let Report::Waiting(delivery) = &mut self.report {
+            let outcome = delivery.await.unwrap_or_else(|_| closed());
+            self.report = Report::Came(outcome);
+        }
+    }
 }
 
 /// The records handed to one producer generation and not yet acknowledged, oldest first.
@@ -30,9 +108,12 @@ pub(super) struct Window {
 }
 
 impl Window {
-    pub(super) fn push(&mut self, pending: Pending) {
+    /// Adds a record; `handed_over` when it went to the producer now.
+    pub(super) fn push(&mut self, pending: Pending, handed_over: bool) {
         self.bytes += pending.bytes;
-        self.sent += 1;
+        if handed_over {
+            self.sent += 1;
+        }
         self.end = pending.after;
         self.pending.push_back(pending);
     }
@@ -44,43 +125,36 @@ impl Window {
         self.refused = None;
     }
 
-    /// Takes `outcome` for the front (if given) and every outcome already there behind it,
-    /// as long as they are acknowledgements (they come in bursts); stops at the first
-    /// refusal, kept in `refused`. Returns how many were acknowledged.
-    pub(super) fn take_acknowledged(
-        &mut self,
-        mut outcome: Option<Outcome>,
-        acknowledged: &mut Position,
-    ) -> u64 {
+    pub(super) fn is_full(&self, careful: bool) -> bool {
+        match careful {
+            // After a refusal for good: one at a time, so that the one refused is known.
+            true => !self.pending.is_empty(),
+            false => {
+                self.pending.len() >= super::WINDOW_RECORDS || self.bytes >= super::WINDOW_BYTES
+            }
+        }
+    }
+
+    /// Takes every outcome already at the front, as long as they are acknowledgements (they
+    /// come in bursts); stops at the first refusal, kept in `refused`. Moves `acknowledged`
+    /// past what was acknowledged and returns how many were.
+    pub(super) fn take_acknowledged(&mut self, acknowledged: &mut Position) -> u64 {
         let mut done = 0;
         while self.refused.is_none() {
-            let next =
-                match outcome.take() {
-                    Some(given) => given,
-                    None => {
-                        let mut context = Context::from_waker(Waker::noop());
-                        match self.pending.front_mut().map(|pending| {
-                            std::pin::Pin::new(&mut pending.delivery).poll(&mut context)
-                        }) {
-                            Some(Poll::Ready(Ok(next))) => next,
-                            Some(Poll::Ready(Err(_))) => Err(Refused::new(
-                                RDKafkaErrorCode::Fail,
-                                "the producer closed before reporting",
-                            )),
-                            _ => return done,
-                        }
-                    }
-                };
-            // Its outcome is taken: a delivery is never polled again after it completed.
-            let front = self.pending.pop_front();
-            if let Some(pending) = &front {
-                self.bytes -= pending.bytes;
-            }
-            match next {
+            let Some(outcome) = self
+                .pending
+                .front_mut()
+                .and_then(|p| p.outcome_now().cloned())
+            else {
+                return done;
+            };
+            let Some(front) = self.pending.pop_front() else {
+                return done;
+            };
+            self.bytes -= front.bytes;
+            match outcome {
                 Ok(_) => {
-                    if let Some(pending) = front {
-                        *acknowledged = pending.after;
-                    }
+                    *acknowledged = front.after;
                     done += 1;
                 }
                 Err(refused) => self.refused = Some(refused),
@@ -92,21 +166,37 @@ impl Window {
     /// After the generation was replaced (every outcome is there): the refusal that matters
     /// most, a record's own refusal for good over an operator's error over anything else.
     pub(super) fn worst_refusal(&mut self) -> Option<Refused> {
-        let mut worst = self.refused.take();
         let rank = |r: &Refused| match r.verdict() {
             Verdict::Poison => 2,
             Verdict::Operator => 1,
             Verdict::Retry => 0,
         };
-        let mut context = Context::from_waker(Waker::noop());
+        let mut worst = self.refused.take();
         for pending in &mut self.pending {
-            if let Poll::Ready(Ok(Err(refused))) =
-                std::pin::Pin::new(&mut pending.delivery).poll(&mut context)
-                && worst.as_ref().is_none_or(|w| rank(&refused) > rank(w))
+            if let Some(Err(refused)) = pending.outcome_now()
+                && worst.as_ref().is_none_or(|w| rank(refused) > rank(w))
             {
-                worst = Some(refused);
+                worst = Some(refused.clone());
             }
         }
         worst
+    }
+
+    /// The records Kafka acknowledged behind the front (after a replacement, every outcome is
+    /// there): a new producer must not send them again.
+    pub(super) fn acknowledged_behind_front(&mut self) -> impl Iterator<Item = Position> + '_ {
+        self.pending.iter_mut().filter_map(|pending| {
+            matches!(pending.outcome_now(), Some(Ok(_))).then_some(pending.after)
+        })
+    }
+
+    /// Whether Kafka acknowledged a record behind the front while the front waits: the front's
+    /// partition takes nothing while others take records.
+    pub(super) fn front_waits_while_others_land(&mut self) -> bool {
+        let mut iter = self.pending.iter_mut();
+        let front_waits = iter
+            .next()
+            .is_some_and(|front| front.outcome_now().is_none());
+        front_waits && iter.any(|pending| matches!(pending.outcome_now(), Some(Ok(_))))
     }
 }

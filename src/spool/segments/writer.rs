@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use super::{HEADER_LEN, Position, segment_path, sync_dir, write_header};
 
+/// The scratch file a room probe writes; never a segment, so recovery ignores it.
+const ROOM_PROBE: &str = "room-probe.tmp";
+
 /// Why an append was not stored.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -104,6 +107,13 @@ impl SegmentWriter {
             // Part of the batch may be on disk; cut it so the segment ends at its last frame.
             let cut = file.set_len(self.len);
             return Err(match (is_no_space(&error), cut) {
+                (true, Ok(())) if next.is_some() => {
+                    // A segment made for this batch holds only its header: it goes, uncounted
+                    // as it is, and the next append makes it again.
+                    self.file = None;
+                    let _ = std::fs::remove_file(segment_path(&self.dir, self.segment));
+                    AppendError::NoSpace(error)
+                }
                 (true, Ok(())) => {
                     // Sealed as it is: once forwarded it can be deleted, which frees the
                     // space; the next append starts a new segment.
@@ -119,6 +129,27 @@ impl SegmentWriter {
         self.len += frames.len() as u64;
         grown += frames.len() as u64;
         Ok((self.end(), grown))
+    }
+
+    /// Whether the volume takes `bytes` more now: written to a scratch file beside the
+    /// segments and removed again. While the volume is full, the writer asks this, so that
+    /// readiness turns back without waiting for a request to find room.
+    pub fn has_room_for(&self, bytes: usize) -> io::Result<bool> {
+        let path = self.dir.join(ROOM_PROBE);
+        let written = (|| {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)?;
+            file.write_all_at(&vec![0u8; bytes], 0)
+        })();
+        let _ = std::fs::remove_file(&path);
+        match written {
+            Ok(()) => Ok(true),
+            Err(error) if is_no_space(&error) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     /// The end of what is durable: where the reader stops.
