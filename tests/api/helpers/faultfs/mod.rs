@@ -10,8 +10,8 @@ mod state;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,9 @@ impl FaultFs {
     /// An empty volume at a fresh directory under the target's tmp dir.
     pub fn mount() -> Self {
         static MOUNTS: AtomicU64 = AtomicU64::new(0);
+        static SWEPT: Once = Once::new();
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faultfs");
+        SWEPT.call_once(|| sweep_stale(&root));
         let n = MOUNTS.fetch_add(1, Ordering::Relaxed);
         let mountpoint = root.join(format!("{}-{n}", std::process::id()));
         let dirs = BTreeMap::from([(ROOT, BTreeMap::new())]);
@@ -265,6 +267,19 @@ impl FaultFs {
             lazy_umount(&self.mountpoint);
         }
         let _ = std::fs::remove_dir(&self.mountpoint);
+    }
+}
+
+/// Unmounts what test processes that died left mounted (their mounts answer ENOTCONN), so
+/// that the target directory can still be removed.
+fn sweep_stale(root: &Path) {
+    const ENOTCONN: i32 = 107;
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if std::fs::metadata(&path).is_err_and(|e| e.raw_os_error() == Some(ENOTCONN)) {
+            lazy_umount(&path);
+            let _ = std::fs::remove_dir(&path);
+        }
     }
 }
 
