@@ -4,6 +4,7 @@
 mod helpers;
 
 mod delivery;
+mod faultfs;
 mod faults;
 mod ingress;
 mod ordering;

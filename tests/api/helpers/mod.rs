@@ -1,6 +1,7 @@
 //! What the broker tests share, by concern: the app under test, reading Kafka back, and load.
 
 mod app;
+pub mod faultfs;
 mod kafka;
 mod load;
 
