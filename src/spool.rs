@@ -302,6 +302,7 @@ impl Spool {
         if let Some(writer) = writer
             && !join_by(writer, deadline).await
         {
+            self.shared.abandoned.store(true, Ordering::Release);
             tracing::error!(
                 unanswered = self.shared.unanswered.load(Ordering::Acquire),
                 "The spool's volume did not finish a write before the shutdown deadline; \

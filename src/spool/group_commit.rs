@@ -50,6 +50,9 @@ pub(super) fn write_loop(
         }
         let outcome = match shared.failure() {
             Some(reason) => Err(AppendError::Io(std::io::Error::other(reason))),
+            None if shared.abandoned.load(Ordering::Acquire) => Err(AppendError::Io(
+                std::io::Error::other("the bridge stopped before this record was written"),
+            )),
             None => {
                 frames.clear();
                 for append in &batch {
@@ -150,7 +153,7 @@ fn settle(
         }
         Err(AppendError::Io(error)) => {
             let reason = error.to_string();
-            if shared.failure().is_none() {
+            if shared.failure().is_none() && !shared.abandoned.load(Ordering::Acquire) {
                 shared.fail(reason.clone());
             }
             shared.release(reserved);

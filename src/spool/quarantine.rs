@@ -60,8 +60,12 @@ impl Quarantine {
         let mut files = lock(&self.files);
         let files = &mut *files;
         if files.writer.is_none() {
-            std::fs::create_dir_all(&self.dir)
-                .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+            segments::create_dir_durably(&self.dir).map_err(|e| {
+                format!(
+                    "the quarantine at {} cannot be created: {e}",
+                    self.dir.display()
+                )
+            })?;
             let first = files.next.max(next_segment(&self.dir));
             files.writer = Some(SegmentWriter::new(&self.dir, first, SEGMENT_BYTES));
         }
@@ -109,7 +113,9 @@ impl Quarantine {
         let to = self
             .dir
             .join(format!("damaged-at-{offset}-{segment:020}.seg"));
-        if let Err(error) = std::fs::rename(path, &to) {
+        // Synced: a rename a power loss undid would have the next re-drive read it again.
+        if let Err(error) = std::fs::rename(path, &to).and_then(|()| segments::sync_dir(&self.dir))
+        {
             tracing::error!(error = %error, file = %path.display(), "Cannot mark a damaged quarantine file");
         }
     }

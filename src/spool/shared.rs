@@ -96,6 +96,9 @@ pub(super) struct Shared {
     pub(super) commit_started_ms: AtomicU64,
     /// Wakes the forwarder out of a backoff: readiness found Kafka usable again.
     pub(super) kick: Notify,
+    /// Shutdown's deadline passed with the writer still at work: it starts no more writes,
+    /// since a thread inside an fsync the volume never answers holds the process's exit.
+    pub(super) abandoned: AtomicBool,
 }
 
 impl Shared {
@@ -133,6 +136,7 @@ impl Shared {
             unanswered: AtomicU64::new(0),
             commit_started_ms: AtomicU64::new(0),
             kick: Notify::new(),
+            abandoned: AtomicBool::new(false),
         }
     }
 

@@ -16,3 +16,4 @@ mod refusals;
 mod shutdown;
 mod spool;
 mod spool_edges;
+mod volume;

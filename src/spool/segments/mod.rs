@@ -138,5 +138,40 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and whichever of its parents are missing, each made durable in its parent
+/// before the next: a directory whose entry a power loss drops takes every file in it along,
+/// fsynced or not. An existing `dir`'s entry is synced too, in case the run that created it
+/// crashed before it could.
+pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    let parent_of = |path: &Path| match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if missing.is_empty() {
+        // Best effort: a parent this process may not read cannot hold a crash's leftovers.
+        let _ = sync_dir(&parent_of(dir));
+        return Ok(());
+    }
+    for created in missing.into_iter().rev() {
+        match std::fs::create_dir(created) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        sync_dir(created)?;
+        sync_dir(&parent_of(created))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

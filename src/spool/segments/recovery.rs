@@ -8,8 +8,8 @@ use std::path::Path;
 use super::checkpoint::read_checkpoint;
 use super::frame::{Found, FrameReader};
 use super::{
-    HEADER_LEN, LOCK, Position, QUARANTINE, SpoolDirError, check_header, io_error, segment_path,
-    sync_dir,
+    HEADER_LEN, LOCK, Position, QUARANTINE, SpoolDirError, check_header, create_dir_durably,
+    io_error, segment_path, sync_dir,
 };
 use crate::config::OnDamage;
 
@@ -37,7 +37,7 @@ pub struct Recovered {
 /// segment's torn tail, and counts what is still to be forwarded. Any other damage is handled
 /// as `on_damage` says. Writes nothing new, so a full volume still starts (and drains).
 pub fn recover(dir: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolDirError> {
-    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    create_dir_durably(dir).map_err(io_error(dir))?;
     let lock_path = dir.join(LOCK);
     let lock = OpenOptions::new()
         .create(true)
@@ -150,8 +150,14 @@ pub fn recover(dir: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolDirErr
             set_aside_or_refuse(dir, &path, &reader.file, offset, what, on_damage)?;
             recovered.set_aside_segments += 1;
         }
-        if offset < file_len {
+        let cut = offset < file_len;
+        if cut {
             reader.file.set_len(offset).map_err(io_error(&path))?;
+        }
+        if cut || newest {
+            // A crash may have left frames that were written but never fsynced. They count as
+            // records from now on, and this segment is sealed (new records go to the next):
+            // made durable here, so a power loss cannot tear it afterwards.
             reader.file.sync_all().map_err(io_error(&path))?;
         }
         if segment == start.segment && start.offset > offset {
@@ -189,7 +195,7 @@ fn set_aside_or_refuse(
         });
     }
     let quarantine = dir.join(QUARANTINE);
-    std::fs::create_dir_all(&quarantine).map_err(io_error(&quarantine))?;
+    create_dir_durably(&quarantine).map_err(io_error(&quarantine))?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

@@ -24,6 +24,9 @@ use state::{ROOT, State};
 /// bridge runs.
 pub struct FaultFs {
     mountpoint: PathBuf,
+    /// The kernel's number for this FUSE connection (its device's minor number), for
+    /// aborting it through fusectl.
+    connection: u64,
     shared: Arc<Shared>,
     session: Option<fuser::BackgroundSession>,
     timer: Option<JoinHandle<()>>,
@@ -48,7 +51,10 @@ impl FaultFs {
         static MOUNTS: AtomicU64 = AtomicU64::new(0);
         static SWEPT: Once = Once::new();
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faultfs");
-        SWEPT.call_once(|| sweep_stale(&root));
+        SWEPT.call_once(|| {
+            mount_fusectl();
+            sweep_stale(&root);
+        });
         let n = MOUNTS.fetch_add(1, Ordering::Relaxed);
         let mountpoint = root.join(format!("{}-{n}", std::process::id()));
         let dirs = BTreeMap::from([(ROOT, BTreeMap::new())]);
@@ -91,7 +97,9 @@ impl FaultFs {
                 .spawn(move || shared.run_timer())
                 .expect("faultfs: spawn the stall timer")
         };
+        let mounted = std::fs::metadata(&mountpoint).expect("faultfs: stat the mount");
         let fs = FaultFs {
+            connection: minor(mounted.dev()),
             mountpoint,
             shared,
             session: Some(session),
@@ -263,8 +271,15 @@ impl FaultFs {
             return;
         };
         if session.umount_and_join().is_err() {
-            // Busy: something still has a file open. Detach it.
+            // Busy: something still has a file open. Detach it, and abort the connection:
+            // a thread of this process left in a request on it would otherwise hold the
+            // process's exit forever once the session thread is gone (the kernel waits for an
+            // answer only this process could give).
             lazy_umount(&self.mountpoint);
+            let abort = Path::new(FUSECTL)
+                .join(self.connection.to_string())
+                .join("abort");
+            let _ = std::fs::write(abort, b"1");
         }
         let _ = std::fs::remove_dir(&self.mountpoint);
     }
@@ -281,6 +296,24 @@ fn sweep_stale(root: &Path) {
             let _ = std::fs::remove_dir(&path);
         }
     }
+}
+
+/// Where the kernel's FUSE control filesystem is mounted.
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Mounts fusectl when it is not, so connections can be aborted.
+fn mount_fusectl() {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !mounts.lines().any(|l| l.contains(" - fusectl ")) {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "none", FUSECTL])
+            .status();
+    }
+}
+
+/// The minor number of a Linux `dev_t`.
+fn minor(dev: u64) -> u64 {
+    (dev & 0xff) | ((dev >> 12) & 0xfff00)
 }
 
 fn lazy_umount(path: &Path) {
