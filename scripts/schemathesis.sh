@@ -98,8 +98,9 @@ schemathesis() {
     "$root/openapi.json" --checks all --exclude-checks use_after_free,ensure_resource_availability \
     --phases examples,coverage,fuzzing --max-time "$seconds" --seed "$seed" \
     --request-timeout 15 "$@") || {
-    echo "schemathesis: $label failed with seed $seed (SCHEMATHESIS_SEED=$seed reproduces it); bridge log: $work/bridge-$mode.log" >&2
-    cp "$work/bridge-$mode.log" "${TMPDIR:-/tmp}/schemathesis-bridge-$mode.log" 2>/dev/null || true
+    local log="${TMPDIR:-/tmp}/schemathesis-bridge-$mode.log"
+    cp "$work/bridge-$mode.log" "$log"
+    echo "schemathesis: $label failed with seed $seed (SCHEMATHESIS_SEED=$seed reproduces it); bridge log: $log" >&2
     return 1
   }
 }
