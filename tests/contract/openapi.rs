@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 
 use omnichat_bridge::publish::PublishError;
+use omnichat_bridge::publish::refusal::Refused;
+use rdkafka::error::RDKafkaErrorCode;
 
 use crate::app::*;
 
@@ -125,6 +127,57 @@ async fn the_unavailable_answers_match_the_openapi_document() {
     app.wait_readiness(503).await;
     let body = assert_documented("/readyz", "get", app.admin("/readyz").await).await;
     assert_eq!(body["status"], "not_ready");
+}
+
+/// Kafka refusing a record for good: the event (with `deadLettered` either way), or the dead
+/// letter of an unusable body (without it), and a record larger than Kafka takes.
+#[tokio::test]
+async fn the_refusals_kafka_decides_match_the_openapi_document() {
+    let app = spawn(&[]).await;
+    let refused = |code| Answer::Fail(PublishError::Poison(Refused::new(code, "refused")));
+    let path = "/webhooks/omnichat";
+    let cases = [
+        (
+            vec![refused(RDKafkaErrorCode::PolicyViolation)],
+            SEED,
+            422,
+            json!(true),
+        ),
+        (
+            vec![
+                refused(RDKafkaErrorCode::PolicyViolation),
+                refused(RDKafkaErrorCode::PolicyViolation),
+            ],
+            SEED,
+            422,
+            json!(false),
+        ),
+        (
+            vec![refused(RDKafkaErrorCode::MessageSizeTooLarge)],
+            SEED,
+            413,
+            json!(true),
+        ),
+        (
+            vec![refused(RDKafkaErrorCode::PolicyViolation)],
+            "nope",
+            422,
+            Value::Null,
+        ),
+        (
+            vec![Answer::Fail(PublishError::TooLarge { size: 2, limit: 1 })],
+            SEED,
+            413,
+            Value::Null,
+        ),
+    ];
+    for (answers, body, status, dead_lettered) in cases {
+        app.recorder.script(answers);
+        let response = app.post(body).await;
+        assert_eq!(response.status(), status, "{body}");
+        let answer = assert_documented(path, "post", response).await;
+        assert_eq!(answer["deadLettered"], dead_lettered, "{answer}");
+    }
 }
 
 #[tokio::test]
