@@ -24,8 +24,10 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
 fi
 cargo build --release --locked --bin omnichat-bridge >&2
 binary="${CARGO_TARGET_DIR:-$root/target}/release/omnichat-bridge"
+own_broker=
 if [ -z "${BROKER_ADDR:-}" ]; then
   source scripts/broker.sh
+  own_broker=$BROKER_PID
 fi
 
 max_time=${SCHEMATHESIS_MAX_TIME:-20}
@@ -34,8 +36,12 @@ fresh_seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 token=schemathesis-token-0123456789
 work=$(mktemp -d -t schemathesis.XXXXXX)
 bridge_pid=
+# Replaces broker.sh's trap, so it stops the broker too when this script started it.
 cleanup() {
-  if [ -n "$bridge_pid" ]; then kill "$bridge_pid" 2>/dev/null; wait "$bridge_pid" 2>/dev/null; fi
+  for pid in $bridge_pid $own_broker; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
