@@ -220,10 +220,16 @@ fn pointer_id(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
     if let Some(id) = as_str(raw) {
         return Some(id);
     }
-    serde_json::from_str::<WirePointer<'_>>(raw.get())
-        .ok()?
-        .object_id
-        .and_then(as_str)
+    object::<WirePointer<'_>>(raw)?.object_id.and_then(as_str)
+}
+
+/// `raw` read as `T` when it is a JSON object. serde also reads a struct from an array of its
+/// fields in order, which is not what a sender of `[...]` means.
+fn object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
+    match raw.get().starts_with('{') {
+        true => serde_json::from_str(raw.get()).ok(),
+        false => None,
+    }
 }
 
 fn json_error(error: &serde_json::Error) -> Rejection {
@@ -267,16 +273,18 @@ fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
 impl<'a> Webhook<'a> {
     /// Reads a webhook from the request body.
     pub fn parse(body: &'a [u8]) -> Result<Self, Rejection> {
+        // serde reads the envelope from an array of its five fields too: only an object is one.
+        let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         let envelope: WireEnvelope<'a> = match serde_json::from_slice(body) {
-            Ok(envelope) => envelope,
+            Ok(envelope) if is_object => envelope,
+            Ok(_) => return Err(Rejection::NotAnObject),
             Err(error) if error.is_data() => {
                 // A data error can be found before a later syntax error: tell them apart by
                 // checking the whole body, which only rejected bodies pay for.
                 if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
                     return Err(json_error(&syntax));
                 }
-                let first = body.iter().find(|b| !b.is_ascii_whitespace());
-                return Err(if first == Some(&b'{') {
+                return Err(if is_object {
                     Rejection::InvalidEnvelope(error.to_string())
                 } else {
                     Rejection::NotAnObject
@@ -315,12 +323,10 @@ impl<'a> Webhook<'a> {
 
 impl<'a> Message<'a> {
     fn parse(payload: Option<&'a RawValue>) -> Result<Self, Rejection> {
-        let payload: WirePayload<'a> = payload
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-            .ok_or(Rejection::MissingChat)?;
+        let payload: WirePayload<'a> = payload.and_then(object).ok_or(Rejection::MissingChat)?;
         let chat_id = payload
             .chat
-            .and_then(|raw| serde_json::from_str::<WirePointer<'a>>(raw.get()).ok())
+            .and_then(object::<WirePointer<'a>>)
             .and_then(|chat| chat.object_id)
             .and_then(as_str)
             .ok_or(Rejection::MissingChat)?;

@@ -174,6 +174,17 @@ fn reads_routing_and_user_pointers() {
 }
 
 #[test]
+fn a_pointer_sent_as_an_array_is_not_read_as_one() {
+    // serde reads a struct from an array of its fields; `["u1"]` is no `{"objectId": "u1"}`.
+    let body = message_with("routeToUser", "[\"u1\"]");
+    let message = Webhook::parse(body.as_bytes())
+        .expect("parses")
+        .message
+        .expect("message");
+    assert_eq!(message.route_to_user_id, None);
+}
+
+#[test]
 fn tolerates_unexpected_types_in_fields_it_does_not_route_by() {
     for (field, value) in [
         ("text", "42"),

@@ -8,25 +8,63 @@ mod metrics;
 pub use health::{Health, NotReady, SpoolProbe};
 pub use metrics::Metrics;
 
-use actix_web::{HttpResponse, web};
+use actix_web::error::{InternalError, QueryPayloadError};
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::backend::Backend;
 use crate::event::Normalizer;
 
-/// Registers the admin routes.
+/// Registers the admin routes. Like the public port, an unknown path is 404 and a method a
+/// path does not serve 405 naming the one it does, each with the error object.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/quarantine/redrive", web::post().to(redrive_quarantine))
+        .app_data(web::QueryConfig::default().error_handler(invalid_query))
+        .service(declared("/healthz", "GET").route(web::get().to(healthz)))
+        .service(declared("/readyz", "GET").route(web::get().to(readyz)))
+        .service(declared("/metrics", "GET").route(web::get().to(metrics)))
+        .service(declared("/quarantine/redrive", "POST").route(web::post().to(redrive_quarantine)))
         .default_service(web::to(|| async {
-            HttpResponse::NotFound().json(json!({"error": {
-                "code": "not_found",
-                "message": "the admin port serves GET /healthz, /readyz and /metrics, and POST /quarantine/redrive"
-            }}))
+            failure(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the admin port serves GET /healthz, /readyz and /metrics, and POST /quarantine/redrive",
+            )
         }));
+}
+
+/// An admin path that answers every method but `allow` with 405.
+fn declared(path: &'static str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut response = failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{path} takes {allow} only"),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        response
+    }))
+}
+
+/// The contract's error object, as the public port answers it.
+fn failure(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+}
+
+/// actix answers a query it cannot read with plain text; the admin port answers the error
+/// object, like every other failure.
+fn invalid_query(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let cause = match &error {
+        QueryPayloadError::Deserialize(cause) => cause.to_string(),
+        other => other.to_string(),
+    };
+    let message =
+        format!("the query string is not valid ({cause}): `dryRun` takes `true` or `false`, once");
+    let response = failure(StatusCode::BAD_REQUEST, "invalid_parameter", &message);
+    InternalError::from_response(error, response).into()
 }
 
 async fn healthz(health: web::Data<Health>) -> HttpResponse {
@@ -81,10 +119,11 @@ async fn redrive_quarantine(
     query: web::Query<RedriveQuery>,
 ) -> HttpResponse {
     let Some(spool) = backend.spool() else {
-        return HttpResponse::NotFound().json(json!({"error": {
-            "code": "no_quarantine",
-            "message": "there is no quarantine: the bridge runs with BRIDGE_ACK_MODE=kafka"
-        }}));
+        return failure(
+            StatusCode::NOT_FOUND,
+            "no_quarantine",
+            "there is no quarantine: the bridge runs with BRIDGE_ACK_MODE=kafka",
+        );
     };
     let (summary, result) = spool.redrive_quarantine(&normalizer, query.dry_run).await;
     tracing::info!(

@@ -7,6 +7,7 @@ mod app;
 mod admin;
 mod answers;
 mod auth;
+mod bodies;
 mod docs;
 mod limits;
 mod openapi;
