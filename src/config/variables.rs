@@ -85,7 +85,7 @@ variables! {
     ACK_MODE = "BRIDGE_ACK_MODE", "kafka", Kind::Choice(&["kafka", "spool"]),
         "kafka: 202 after the broker's ack; spool: 202 after a local fsync";
     PUBLISH_TIMEOUT_MS = "BRIDGE_PUBLISH_TIMEOUT_MS", "5000", Kind::Number { min: 1, max: MAX_MS },
-        "How long a request waits for the broker's ack before 503";
+        "How long a request waits for the broker's ack (in spool mode, for its fsync) before 503";
     REQUEST_TIMEOUT_MS = "BRIDGE_REQUEST_TIMEOUT_MS", "10000", Kind::Number { min: 1, max: MAX_MS },
         "How long a sender may take to send its headers, and again its body";
     MAX_IN_FLIGHT = "BRIDGE_MAX_IN_FLIGHT", "4096", Kind::Number { min: 1, max: 1 << 20 },

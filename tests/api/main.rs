@@ -9,6 +9,7 @@ mod faults;
 mod ingress;
 mod ordering;
 mod outage;
+mod partition;
 mod process;
 mod records;
 mod redrive;

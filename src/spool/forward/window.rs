@@ -3,7 +3,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+
+use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::publish::Record;
 use crate::publish::kafka::{Acked, Delivery, Outcome};
@@ -68,15 +69,15 @@ impl Pending {
         }
     }
 
-    /// Its outcome, if it came, without waiting.
+    /// Its outcome, if it came, without waiting. Asked with `try_recv`, not a poll: a poll
+    /// counts against the task's cooperative budget, and past 128 of them in one turn tokio
+    /// answers "not yet" for outcomes that are there.
     fn outcome_now(&mut self) -> Option<&Outcome> {
         if let Report::Waiting(delivery) = &mut self.report {
-            let mut context = Context::from_waker(Waker::noop());
-            match std::pin::Pin::new(delivery).poll(&mut context) {
-                Poll::Ready(outcome) => {
-                    self.report = Report::Came(outcome.unwrap_or_else(|_| closed()))
-                }
-                Poll::Pending => return None,
+            match delivery.try_recv() {
+                Ok(outcome) => self.report = Report::Came(outcome),
+                Err(TryRecvError::Closed) => self.report = Report::Came(closed()),
+                Err(TryRecvError::Empty) => return None,
             }
         }
         match &self.report {

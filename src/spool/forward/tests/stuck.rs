@@ -141,8 +141,10 @@ fn a_replacement_sends_again_only_what_kafka_did_not_acknowledge() {
     on_paused_clock(async {
         let sink = Arc::new(FakeSink::default());
         let mut harness = Harness::open(dir("partition"), sink.clone(), Vec::new(), Vec::new());
-        // Partition 0 takes nothing (its leader is away); 1 and 2 take everything.
-        harness.append(60, 0);
+        // Partition 0 takes nothing (its leader is away); 1 and 2 take everything. More
+        // records than tokio's cooperative budget lets one turn poll (128).
+        harness.append(150, 0);
+        harness.append(150, 0);
         for _ in 0..10 {
             for partition in 1..CHATS {
                 sink.0.lock().expect("sink").deliver(partition, u8::MAX);
@@ -161,7 +163,7 @@ fn a_replacement_sends_again_only_what_kafka_did_not_acknowledge() {
         }
         {
             let kafka = sink.0.lock().expect("sink");
-            let copies_on_healthy = (0..60u64)
+            let copies_on_healthy = (0..300u64)
                 .filter(|id| id % CHATS != 0)
                 .map(|id| kafka.sent.get(&id).copied().unwrap_or(0))
                 .max();
@@ -180,7 +182,7 @@ fn a_replacement_sends_again_only_what_kafka_did_not_acknowledge() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let landed = sink.0.lock().expect("sink").partitions.get(&0).cloned();
-        let expected: Vec<u64> = (0..60).filter(|id| id % CHATS == 0).collect();
+        let expected: Vec<u64> = (0..300).filter(|id| id % CHATS == 0).collect();
         let mut first = Vec::new();
         for id in landed.unwrap_or_default() {
             if !first.contains(&id) {
