@@ -131,6 +131,53 @@ async fn in_spool_mode_a_record_the_dead_letter_topic_refuses_too_goes_to_the_qu
     );
 }
 
+/// The dead-letter topic refuses the set-aside for a while (an operator's error): the record
+/// waits at the head with backoff, readiness names `set_aside_failing`, and once the topic
+/// takes it the condition clears by itself and the records behind it go on in order.
+#[tokio::test]
+async fn in_spool_mode_a_set_aside_the_dead_letter_topic_refuses_is_named_and_heals_by_itself() {
+    let dir = spool_dir();
+    let MockSetup { cluster, app } = mock_setup(1, &overrides(&spool_vars(&dir))).await;
+    let chat = "chat-refused-twice";
+    app.post_accepted(message(chat, 0)).await;
+    app.wait_spool_drained(Duration::from_secs(30)).await;
+    let unauthorized = RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    let mut errors = vec![TOO_LARGE, TOO_LARGE];
+    errors.extend([unauthorized; 5]);
+    cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+    app.post_accepted(message(chat, 1)).await;
+    for n in 2..5 {
+        app.post_accepted(message(chat, n)).await;
+    }
+    let has = |body: &Value, code: &str| {
+        body["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["code"] == code))
+    };
+    wait_for_readiness(&app, Duration::from_secs(30), |body| {
+        has(body, "set_aside_failing")
+            && body["spool"]["forwardError"]
+                .as_str()
+                .is_some_and(|e| e.contains("could not be set aside"))
+    })
+    .await;
+    assert_eq!(app.readiness().await.0, 200, "the spool still takes events");
+    wait_for_readiness(&app, Duration::from_secs(60), |body| {
+        body["spool"]["setAside"]["toDeadLetterTopic"] == 1
+            && body["spool"]["records"] == 0
+            && !has(body, "set_aside_failing")
+            && body["spool"]["forwardError"].is_null()
+    })
+    .await;
+    let records = read_all_records(&app.bootstrap, &app.topics.messages, 4).await;
+    assert_eq!(first_occurrences(&texts_of(&records, chat)), [0, 2, 3, 4]);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("omnichat_bridge_conditions_total{condition=\"set_aside_failing\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// Several batches of one chat in flight, and the third produce request refused for good.
 /// Without a gapless producer the batches after it land first, and the refused one is sent
 /// again behind them.

@@ -24,6 +24,12 @@ pub struct Load {
 }
 
 pub fn start_load(url: &str, senders: usize) -> Load {
+    start_load_paced(url, senders, Duration::ZERO)
+}
+
+/// Like [`start_load`], each sender pausing `pause` after each 202 (librdkafka's mock cluster
+/// keeps 5 MB a partition, so what a test reads back must stay below that).
+pub fn start_load_paced(url: &str, senders: usize, pause: Duration) -> Load {
     use std::sync::atomic::Ordering;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = reqwest::Client::new();
@@ -40,6 +46,9 @@ pub fn start_load(url: &str, senders: usize) -> Load {
                             let answer: Value = response.json().await.expect("json");
                             accepted.push(answer["id"].as_str().expect("id").to_owned());
                             n += 1;
+                            if !pause.is_zero() {
+                                tokio::time::sleep(pause).await;
+                            }
                         }
                         Ok(response) => {
                             assert_eq!(response.status(), 503, "only 202 or 503 while stopping")
