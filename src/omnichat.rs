@@ -10,9 +10,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub mod time;
+pub mod sent_time;
 
-pub use time::SentTime;
+pub use sent_time::SentTime;
 
 /// Why a body is not a usable webhook. Each variant has a stable `code` for the HTTP error and
 /// the dead-letter header.
@@ -126,7 +126,7 @@ pub struct Webhook<'a> {
     pub object_id: Cow<'a, str>,
     pub resource: Resource<'a>,
     pub action: Action<'a>,
-    /// As sent; its forms are read in [`crate::event::time`].
+    /// As sent; its forms are read in [`sent_time`].
     pub timestamp: Option<SentTime<'a>>,
     /// Present exactly when `resource` is `Message`.
     pub message: Option<Message<'a>>,

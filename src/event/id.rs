@@ -68,7 +68,7 @@ fn hash_field(hash: &mut Sha256, field: &str) {
 /// The id an unsigned delivery of `webhook` gets, with its times normalized here.
 pub fn unsigned(webhook: &Webhook<'_>, body: &[u8]) -> String {
     let read = |sent: Option<crate::omnichat::SentTime<'_>>| {
-        sent.and_then(|t| t.instant).map(super::time::format)
+        sent.and_then(|t| t.instant).map(super::rfc3339::format)
     };
     let updated_at = webhook.message.as_ref().and_then(|m| m.updated_at);
     for_webhook(

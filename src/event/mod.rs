@@ -4,8 +4,8 @@
 //! travel as `ce_*` headers so consumers can route without parsing the value.
 
 pub mod id;
+pub mod rfc3339;
 pub mod set_aside;
-pub mod time;
 
 /// `ce_type` of every dead letter.
 pub const DEAD_LETTER_TYPE: &str = "chat.omni.deadletter";
@@ -13,8 +13,8 @@ pub const DEAD_LETTER_TYPE: &str = "chat.omni.deadletter";
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use rfc3339::format as rfc3339;
 use serde::Serialize;
-use time::format as rfc3339;
 
 use crate::config::Topics;
 use crate::omnichat::{Action, Rejection, Resource, SentTime, Webhook};
@@ -24,7 +24,7 @@ use crate::publish::{Header, Record};
 #[derive(Debug, Clone)]
 pub struct Receipt<'a> {
     pub body: &'a [u8],
-    pub received_at: ::time::OffsetDateTime,
+    pub received_at: time::OffsetDateTime,
     /// The `webhook-id` of a request whose signature was verified.
     pub signed_id: Option<&'a str>,
     /// The W3C `traceparent` header, when it was well-formed.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::{DEAD_LETTER_TYPE, id, time::format as rfc3339};
+use super::{DEAD_LETTER_TYPE, id, rfc3339};
 use crate::omnichat::Webhook;
 use crate::publish::refusal::Refused;
 use crate::publish::{Header, Record};
@@ -31,7 +31,7 @@ pub struct Original<'a> {
 
 /// The dead letter for a record Kafka refused for good.
 pub fn refused(original: &Original<'_>, deadletter: &Arc<str>, refused: &Refused) -> Record {
-    let received = rfc3339(original.received_at);
+    let received = rfc3339::format(original.received_at);
     let owned = |s: &str| Header::Owned(s.to_owned());
     let mut headers: Vec<(Header, Header)> = vec![
         (
@@ -142,7 +142,7 @@ mod tests {
             &webhook,
             &Receipt {
                 body: BODY.as_bytes(),
-                received_at: ::time::macros::datetime!(2026-11-25 10:00:00.123 UTC),
+                received_at: time::macros::datetime!(2026-11-25 10:00:00.123 UTC),
                 signed_id,
                 traceparent: None,
             },
@@ -153,7 +153,7 @@ mod tests {
     fn a_set_aside_event_carries_the_body_exactly_and_says_why() {
         let record = event(None);
         let refused = Refused::new(RDKafkaErrorCode::PolicyViolation, "no");
-        let at = ::time::macros::datetime!(2026-11-25 10:00:00.123 UTC);
+        let at = time::macros::datetime!(2026-11-25 10:00:00.123 UTC);
         let letter = set_aside(&record, &Arc::from("dlq"), &refused, at);
         assert_eq!(letter.value, BODY.as_bytes());
         assert_eq!(&*letter.topic, "dlq");

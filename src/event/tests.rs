@@ -25,7 +25,7 @@ fn normalizer() -> Normalizer {
 fn receipt<'a>(body: &'a str, traceparent: Option<&'a str>) -> Receipt<'a> {
     Receipt {
         body: body.as_bytes(),
-        received_at: ::time::macros::datetime!(2026-11-25 10:00:00.123 UTC),
+        received_at: time::macros::datetime!(2026-11-25 10:00:00.123 UTC),
         signed_id: None,
         traceparent,
     }
@@ -294,7 +294,7 @@ mod properties {
     fn check(body: &[u8]) {
         let at = |second: u32| Receipt {
             body,
-            received_at: ::time::OffsetDateTime::from_unix_timestamp(
+            received_at: time::OffsetDateTime::from_unix_timestamp(
                 1_700_000_000 + i64::from(second),
             )
             .expect("time"),

@@ -1,5 +1,5 @@
 //! Writing instants as RFC 3339 UTC with milliseconds: the only time format an event carries.
-//! Reading OmniChat's many forms happens once, at the edge (see [`crate::omnichat::time`]).
+//! Reading OmniChat's many forms happens once, at the edge (see [`crate::omnichat::sent_time`]).
 
 use time::{OffsetDateTime, UtcOffset};
 

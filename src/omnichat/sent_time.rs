@@ -114,7 +114,7 @@ mod tests {
 
     fn read(json: &str) -> Option<String> {
         let raw: Box<RawValue> = serde_json::from_str(json).expect("test input is JSON");
-        parse(&raw).map(crate::event::time::format)
+        parse(&raw).map(crate::event::rfc3339::format)
     }
 
     #[test]
