@@ -48,6 +48,9 @@ pub(crate) const WINDOW_BYTES: usize = 32 << 20;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest pause after a producer failure that a new producer mends by itself.
+const RETRY_MAX_BACKOFF: Duration = Duration::from_secs(1);
+const SEND_FAILURE: &str = "the spool forwarder could not hand a record over";
 /// The oldest record waiting this long while Kafka acknowledges records behind it: its
 /// partition is away (a leader down, too few in-sync replicas), and readiness says so.
 const PARTITION_AWAY_AFTER: Duration = Duration::from_secs(5);
@@ -114,8 +117,14 @@ struct Forwarding<S: Sink> {
     careful_until: Option<Position>,
     /// The head record was refused for good on its own: set it aside, do not send it.
     poison_head: Option<Refused>,
+    /// The dead-letter topic refused the head record's letter for good: it goes straight to
+    /// the quarantine on the next attempt.
+    letter_refused: Option<Refused>,
+    /// The oldest forwarded segment a checkpoint could not delete: tried again at the next.
+    undeleted: Option<u64>,
     /// The oldest record of the window, and since when it has been the oldest.
     front_since: Option<(Position, Instant)>,
+    last_tick: Instant,
     stop: oneshot::Receiver<()>,
     committed: watch::Receiver<Position>,
     writer_open: bool,
@@ -210,7 +219,10 @@ impl<S: Sink> Forwarding<S> {
             held: false,
             careful_until: None,
             poison_head: None,
+            letter_refused: None,
             front_since: None,
+            undeleted: None,
+            last_tick: Instant::now(),
             stop,
             committed: to.shared.committed.subscribe(),
             writer_open: true,
@@ -280,10 +292,20 @@ impl<S: Sink> Forwarding<S> {
                 Err(error) => {
                     self.reader.seek(before);
                     // With records outstanding, the window resolves first and shows the failure.
-                    if self.window.pending.is_empty() {
-                        return Ok(Some(self.send_failure(error)));
+                    if !self.window.pending.is_empty() {
+                        break;
                     }
-                    break;
+                    // Someone else replaced the producer (the probe, a dead-letter refusal):
+                    // nothing of the window is in the old one, so go on with the new one.
+                    if matches!(error, SendError::Replaced) {
+                        let current = self.to.sink.generation();
+                        if current.is_some() && current != Some(generation) {
+                            self.window.generation = current;
+                            self.failures.mark_unchanged();
+                            continue;
+                        }
+                    }
+                    return Ok(Some(self.send_failure(error)));
                 }
             }
         }
@@ -299,9 +321,10 @@ impl<S: Sink> Forwarding<S> {
         refused: Refused,
         generation: u64,
     ) -> Result<Option<Failure>, Stopped> {
+        let by_topic = self.letter_refused.take();
         match self
             .to
-            .set_aside(entry, &refused, generation, &mut self.stop)
+            .set_aside(entry, &refused, by_topic, generation, &mut self.stop)
             .await
         {
             Ok(()) => {
@@ -309,11 +332,20 @@ impl<S: Sink> Forwarding<S> {
                 self.to.shared.records.fetch_sub(1, Ordering::AcqRel);
                 self.to.shared.acknowledged.send_replace(after);
                 self.moved();
+                // A refusal by the dead-letter topic replaced the producer; the window is
+                // empty, so the records behind go to the new one.
+                self.window.generation = self.to.sink.generation();
+                self.failures.mark_unchanged();
                 Ok(None)
             }
             Err(NotSetAside::Stopping) => Err(Stopped),
             Err(NotSetAside::Failed(reason)) => {
                 self.poison_head = Some(refused);
+                Ok(Some(Failure::SetAside(reason)))
+            }
+            Err(NotSetAside::QuarantineFailed { reason, by_topic }) => {
+                self.poison_head = Some(refused);
+                self.letter_refused = Some(by_topic);
                 Ok(Some(Failure::SetAside(reason)))
             }
         }
@@ -339,10 +371,16 @@ impl<S: Sink> Forwarding<S> {
 
     /// Waits for the next thing that moves forwarding, and takes it in.
     async fn wait(&mut self) -> Result<Option<Failure>, Stopped> {
+        // By the clock, not only the tick: a forwarder that always has an outcome or a commit
+        // to take is rarely left to see its timer fire, and would keep every drained segment.
+        if self.last_tick.elapsed() >= CHECKPOINT_EVERY {
+            self.on_tick();
+        }
         let waiting = !self.window.pending.is_empty();
         let wake_up = tokio::select! {
             biased;
             _ = &mut self.stop => WakeUp::Stop,
+            _ = self.tick.tick() => WakeUp::Tick,
             () = async {
                 match self.window.pending.front_mut() {
                     Some(front) => front.outcome().await,
@@ -355,15 +393,11 @@ impl<S: Sink> Forwarding<S> {
                 self.writer_open = changed.is_ok();
                 WakeUp::Committed
             }
-            _ = self.tick.tick() => WakeUp::Tick,
         };
         match wake_up {
             WakeUp::Stop => return Err(Stopped),
             WakeUp::Committed => {}
-            WakeUp::Tick => {
-                self.checkpoint();
-                self.watch_front();
-            }
+            WakeUp::Tick => self.on_tick(),
             WakeUp::NotDelivered => return Ok(Some(Failure::Window(None))),
             WakeUp::FrontReported => {
                 self.settle();
@@ -375,9 +409,17 @@ impl<S: Sink> Forwarding<S> {
         Ok(None)
     }
 
+    /// Every 200 ms: progress made durable, forwarded segments deleted, the front watched.
+    fn on_tick(&mut self) {
+        self.last_tick = Instant::now();
+        self.checkpoint();
+        self.watch_front();
+    }
+
     /// Takes in what Kafka acknowledged at the front of the window.
     fn settle(&mut self) {
         let done = self.window.take_acknowledged(&mut self.acknowledged);
+        self.window.settled();
         if done == 0 {
             return;
         }
@@ -416,9 +458,12 @@ impl<S: Sink> Forwarding<S> {
         let (topic, key, after) = (front.topic.clone(), front.key.clone(), front.after);
         match self.front_since {
             Some((position, since)) if position == after => {
-                if since.elapsed() >= PARTITION_AWAY_AFTER
-                    && self.window.front_waits_while_others_land()
-                {
+                if since.elapsed() < PARTITION_AWAY_AFTER {
+                    return;
+                }
+                if !self.window.front_waits_while_others_land() {
+                    conditions.clear(Condition::PartitionUnavailable);
+                } else {
                     conditions.raise(
                         Condition::PartitionUnavailable,
                         format!(
@@ -440,7 +485,7 @@ impl<S: Sink> Forwarding<S> {
     async fn recover(&mut self, failure: Failure) -> Step {
         let (reason, refused) = match failure {
             Failure::SetAside(reason) => {
-                return self.hold_up(Condition::SetAsideFailing, reason).await;
+                return self.hold_up(Some(Condition::SetAsideFailing), reason).await;
             }
             Failure::Unreadable(error) => {
                 // Never skipped: a restart's recovery refuses or sets the segment aside.
@@ -468,12 +513,23 @@ impl<S: Sink> Forwarding<S> {
         if self.poison_head.is_some() {
             return Ok(());
         }
+        let operator = refused
+            .as_ref()
+            .is_some_and(|r| r.verdict() == Verdict::Operator);
         let reason = match (reason, refused) {
             (Some(reason), _) => reason,
             (None, Some(refused)) => format!("Kafka refused a spooled record: {refused}"),
             (None, None) => return Ok(()),
         };
-        self.hold_up(Condition::ForwardingHeld, reason).await
+        if operator || reason.starts_with(SEND_FAILURE) {
+            self.hold_up(Some(Condition::ForwardingHeld), reason).await
+        } else {
+            // A producer that was purged, fenced or failed: a new one goes on by itself, so
+            // readiness names nothing (what keeps Kafka away has its own condition) and the
+            // pause stays short, or the healthy partitions would wait with the stuck one.
+            self.backoff = self.backoff.min(RETRY_MAX_BACKOFF);
+            self.hold_up(None, reason).await
+        }
     }
 
     /// Replaces the window's generation once every record it holds is resolved, keeps what
@@ -496,7 +552,7 @@ impl<S: Sink> Forwarding<S> {
 
     /// A failure to hand a record over, with nothing of the window outstanding.
     fn send_failure(&mut self, error: SendError) -> Failure {
-        let reason = format!("the spool forwarder could not hand a record over: {error}");
+        let reason = format!("{SEND_FAILURE}: {error}");
         let refused = match error {
             // The door keeps such records out; one written by an older version is set aside.
             SendError::Publish(PublishError::TooLarge { .. }) => {
@@ -512,7 +568,7 @@ impl<S: Sink> Forwarding<S> {
     /// Reports why forwarding is held up and waits out the backoff, which doubles for the next
     /// time; readiness finding Kafka usable again cuts it short. What was forwarded is
     /// checkpointed first, so its segments are deleted even while the head is stuck.
-    async fn hold_up(&mut self, condition: Condition, reason: String) -> Step {
+    async fn hold_up(&mut self, condition: Option<Condition>, reason: String) -> Step {
         self.checkpoint();
         tracing::warn!(
             retry_in_ms = self.backoff.as_millis() as u64,
@@ -535,30 +591,44 @@ impl<S: Sink> Forwarding<S> {
     /// volume): a stale checkpoint only sends records again.
     fn checkpoint(&mut self) {
         let acknowledged = self.acknowledged;
-        if acknowledged == self.checkpointed {
+        if acknowledged == self.checkpointed && self.undeleted.is_none() {
             return;
         }
-        if let Err(error) = segments::write_checkpoint(&self.to.dir, acknowledged) {
+        if acknowledged != self.checkpointed
+            && let Err(error) = segments::write_checkpoint(&self.to.dir, acknowledged)
+        {
             tracing::warn!(error = %error, "Spool checkpoint not written (records may be sent again)");
         }
-        for segment in self.checkpointed.segment..acknowledged.segment {
-            let path = segments::segment_path(&self.to.dir, segment);
-            let Ok(metadata) = std::fs::metadata(&path) else {
-                continue;
-            };
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    self.to.shared.release(metadata.len());
-                    self.to.shared.volume_has_room();
+        let from = self
+            .checkpointed
+            .segment
+            .min(self.undeleted.unwrap_or(u64::MAX));
+        self.checkpointed = acknowledged;
+        for segment in from..acknowledged.segment {
+            if let Err(error) = self.delete_segment(segment) {
+                // Tried again at the next checkpoint (its bytes still count), logged once.
+                if self.undeleted != Some(segment) {
+                    tracing::warn!(segment, error = %error, "Forwarded spool segment not deleted");
                 }
-                Err(error) => tracing::warn!(
-                    segment = %path.display(),
-                    error = %error,
-                    "Forwarded spool segment not deleted"
-                ),
+                self.undeleted = Some(segment);
+                return;
             }
         }
-        self.checkpointed = acknowledged;
+        self.undeleted = None;
+    }
+
+    /// Deletes a forwarded segment and releases its bytes; one already gone is fine.
+    fn delete_segment(&self, segment: u64) -> std::io::Result<()> {
+        let path = segments::segment_path(&self.to.dir, segment);
+        let metadata = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        std::fs::remove_file(&path)?;
+        self.to.shared.release(metadata.len());
+        self.to.shared.volume_has_room();
+        Ok(())
     }
 }
 

@@ -190,10 +190,13 @@ impl Shared {
         }
     }
 
-    /// Forwarding is held up by `condition`, for `reason`; readiness names both.
-    pub(super) fn hold_forwarding(&self, condition: Condition, reason: String) {
-        *lock(&self.forward_error) = Some(reason.clone());
-        self.conditions.raise(condition, reason);
+    /// Forwarding is held up for `reason` (readiness' `forwardError`), and by `condition`
+    /// when it is one an operator must see.
+    pub(super) fn hold_forwarding(&self, condition: Option<Condition>, reason: String) {
+        if let Some(condition) = condition {
+            self.conditions.raise(condition, reason.clone());
+        }
+        *lock(&self.forward_error) = Some(reason);
     }
 
     /// Forwarding moves again: Kafka took a record, or one was set aside.

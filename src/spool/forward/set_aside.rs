@@ -27,15 +27,23 @@ pub(crate) enum SetAsideTo {
 pub(super) enum NotSetAside {
     Stopping,
     Failed(String),
+    /// The dead-letter topic refused it for good and the quarantine could not take it: the
+    /// next attempt goes straight to the quarantine, with no letter sent again.
+    QuarantineFailed {
+        reason: String,
+        by_topic: Refused,
+    },
 }
 
 impl<S: Sink> Forwarder<S> {
     /// Moves `entry`, which Kafka refused as `refused`, out of the way. Counted, logged once
-    /// and named in readiness.
+    /// and named in readiness. `by_topic` is the dead-letter topic's own refusal for good, when
+    /// an earlier attempt met it.
     pub(super) async fn set_aside(
         &self,
         entry: Entry,
         refused: &Refused,
+        by_topic: Option<Refused>,
         generation: u64,
         stop: &mut oneshot::Receiver<()>,
     ) -> Result<(), NotSetAside> {
@@ -46,27 +54,36 @@ impl<S: Sink> Forwarder<S> {
             accepted_at(&entry),
         );
         let id = letter.header("ce_id").unwrap_or_default().to_owned();
-        let to_topic = if letter.size() > self.max_record_bytes {
-            Some(Refused::new(
+        let to_topic = match by_topic {
+            Some(known) => Some(known),
+            None if letter.size() > self.max_record_bytes => Some(Refused::new(
                 rdkafka::error::RDKafkaErrorCode::MessageSizeTooLarge,
                 "larger than message.max.bytes",
-            ))
-        } else {
-            self.send_alone(&letter, generation, stop).await?
+            )),
+            None => {
+                let sent = self.send_alone(&letter, generation, stop).await?;
+                if sent
+                    .as_ref()
+                    .is_some_and(|why| why.verdict() == Verdict::Poison)
+                {
+                    // The gapless producer failed as a whole on that refusal.
+                    self.sink
+                        .replace(generation, "the dead-letter topic refused a record");
+                }
+                sent
+            }
         };
         let to = match to_topic {
             None => SetAsideTo::DeadLetterTopic,
             Some(why) if why.verdict() == Verdict::Poison => {
-                // The gapless producer failed as a whole on that refusal.
-                self.sink
-                    .replace(generation, "the dead-letter topic refused a record");
-                self.quarantine
-                    .append(&[(&letter, entry.accepted_ms)])
-                    .map_err(|error| {
-                        NotSetAside::Failed(format!(
+                if let Err(error) = self.quarantine.append(&[(&letter, entry.accepted_ms)]) {
+                    return Err(NotSetAside::QuarantineFailed {
+                        reason: format!(
                             "event {id}, refused by Kafka for good, could not be set aside: the dead-letter topic refused it too, and {error}"
-                        ))
-                    })?;
+                        ),
+                        by_topic: why,
+                    });
+                }
                 SetAsideTo::Quarantine
             }
             Some(why) => {
@@ -106,8 +123,9 @@ impl<S: Sink> Forwarder<S> {
             .send(letter, generation)
             .map_err(|error| failed(error.to_string()))?;
         tokio::select! {
+            // An outcome that is there wins over a stop: a dead letter taken is not set aside
+            // again after the restart.
             biased;
-            _ = stop => Err(NotSetAside::Stopping),
             outcome = tokio::time::timeout(DEAD_LETTER_WAIT, delivery) => match outcome {
                 Ok(Ok(Ok(_))) => Ok(None),
                 Ok(Ok(Err(refused))) => Ok(Some(refused)),
@@ -119,6 +137,7 @@ impl<S: Sink> Forwarder<S> {
                     )))
                 }
             },
+            _ = stop => Err(NotSetAside::Stopping),
         }
     }
 }

@@ -164,6 +164,13 @@ impl Window {
         done
     }
 
+    /// Whether nothing is outstanding; then a record handed over next is the only one.
+    pub(super) fn settled(&mut self) {
+        if self.pending.is_empty() && self.refused.is_none() {
+            self.sent = 0;
+        }
+    }
+
     /// After the generation was replaced (every outcome is there): the refusal that matters
     /// most, a record's own refusal for good over an operator's error over anything else.
     pub(super) fn worst_refusal(&mut self) -> Option<Refused> {
