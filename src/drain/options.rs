@@ -9,9 +9,10 @@ bridge's own forwarder and its rules (records Kafka refuses for good set aside t
 dead-letter topic or the quarantine), then exits. For a spool no bridge runs on, such as the
 volume a scaled-down replica left behind. Configured by the bridge's environment variables
 (BRIDGE_ACK_MODE=spool, BRIDGE_SPOOL_DIR, BRIDGE_TOPIC_*, KAFKA_*; see the README).
-  --give-up-after SECONDS  stop (exit 1) once Kafka has taken no record for this long while
-                           records are left: Kafka unreachable, a topic missing, a refusal an
-                           operator must fix, a partition away (default 30)
+  --give-up-after SECONDS  stop (exit 1) once no record has been forwarded or set aside for
+                           this long while records are left: Kafka unreachable, a topic
+                           missing, a refusal an operator must fix, a partition away
+                           (default 30)
   --dry-run                recover the spool as a start would and print what it holds;
                            connects to nothing and forwards nothing
 
@@ -24,8 +25,9 @@ Exit codes:
   0  the spool is empty (with --dry-run: counted)
   1  stopped with records left: Kafka took nothing for --give-up-after seconds, a signal, or
      the spool became unreadable; one line on stderr says why. Run it again to go on
-  2  nothing done: a bad option or setting, BRIDGE_SPOOL_DIR missing, a spool recovery
-     refuses (damaged, another format version), or a running bridge holds the spool's lock";
+  2  nothing done: a bad option or setting, BRIDGE_ACK_MODE not spool, BRIDGE_SPOOL_DIR
+     missing (never created), a spool recovery refuses (damaged, another format version), or
+     a running bridge holds the spool's lock";
 
 /// How long a run waits for Kafka to take a record before it gives up, by default: longer
 /// than a broker restart or a leader election usually takes, and as long as the forwarder's
