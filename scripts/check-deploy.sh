@@ -24,7 +24,7 @@ fi
 bin="$venv/bin"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for dir in deploy/base deploy/overlays/production deploy/overlays/spool deploy/topics; do
+for dir in deploy/base deploy/overlays/production deploy/overlays/spool deploy/overlays/spool/drain deploy/topics; do
   name=$(echo "$dir" | tr / -)
   "$bin/kubectl" kustomize "$dir" > "$out/$name.yaml"
   "$bin/kubernetes-validate" --strict --quiet "$out/$name.yaml"

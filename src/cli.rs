@@ -1,6 +1,7 @@
 //! The command line. With no argument the process runs the bridge; `check-config`,
-//! `healthcheck` and `redrive` are the operator's tools, configured by the same variables.
-//! Exit codes: 0 done, 1 failed (Kafka, a check), 2 bad settings or options.
+//! `healthcheck`, `redrive` and `drain` are the operator's tools, configured by the same
+//! variables. Exit codes: 0 done, 1 failed (Kafka, a check), 2 bad settings or options (and
+//! for `drain`, a spool it may not open).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use crate::shutdown::shutdown_signal;
 use crate::startup::{self, check_kafka};
 use crate::telemetry;
 
-pub const USAGE: &str = "usage: omnichat-bridge [check-config | healthcheck | redrive [OPTIONS]]
+pub const USAGE: &str =
+    "usage: omnichat-bridge [check-config | healthcheck | redrive [OPTIONS] | drain [OPTIONS]]
 
 Configured only by environment variables (see the README).
   (no argument)   run the bridge
@@ -20,7 +22,10 @@ Configured only by environment variables (see the README).
                   print the effective settings (secrets redacted); exit 0 or 1
   healthcheck     exit 0 when the running bridge's /readyz answers 200 (for container
                   health checks in images without a shell)
-  redrive         re-drive dead letters through today's normalization (redrive --help)";
+  redrive         re-drive dead letters through today's normalization (redrive --help)
+  drain           forward a spool no bridge runs on (BRIDGE_SPOOL_DIR) to Kafka, then exit;
+                  exit 1 if Kafka takes nothing for 30 s, 2 while a bridge holds the spool
+                  (drain --help)";
 
 /// Runs the command `args` names (the arguments after the program's name).
 pub async fn main(args: Vec<String>) -> ExitCode {
@@ -29,6 +34,7 @@ pub async fn main(args: Vec<String>) -> ExitCode {
         Some("check-config") => check_config(),
         Some("healthcheck") => healthcheck(),
         Some("redrive") => redrive(args[1..].to_vec()).await,
+        Some("drain") => drain(args[1..].to_vec()).await,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -172,6 +178,55 @@ async fn redrive(args: Vec<String>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("omnichat-bridge redrive: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Drains a spool no bridge runs on (see [`crate::drain`]): prints the summary (or, on a dry
+/// run, what the spool holds); exits 0 once the spool is empty, 1 when it stopped with records
+/// left, 2 when it did nothing (bad options or settings, the spool locked or refused).
+async fn drain(args: Vec<String>) -> ExitCode {
+    use crate::drain::{Options, Report, USAGE};
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let options = match Options::parse(args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("omnichat-bridge drain: {error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match settings() {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let start_logging = |settings: &Settings| {
+        telemetry::init(settings.log_format);
+        for warning in settings.warnings() {
+            tracing::warn!("{warning}");
+        }
+    };
+    match crate::drain::run(&settings, &options, start_logging, shutdown_signal()).await {
+        Err(error) => {
+            eprintln!("omnichat-bridge drain: {error}");
+            ExitCode::from(2)
+        }
+        Ok(Report::Counted(backlog)) => {
+            println!("{backlog}");
+            ExitCode::SUCCESS
+        }
+        Ok(Report::Ran { summary, stopped }) => {
+            println!("{summary}");
+            let Some(stopped) = stopped else {
+                return ExitCode::SUCCESS;
+            };
+            eprintln!(
+                "omnichat-bridge drain: {stopped}; {} records left, run drain again to go on",
+                summary.left
+            );
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,8 @@
 //! - [`backend`]: what startup owns, Kafka or the spool, with its lifecycle and health.
 //! - [`ops`]: liveness, readiness (with stable codes) and metrics on the admin port.
 //! - [`redrive`]: dead letters and quarantined records back through today's normalization.
+//! - [`drain`]: a spool no bridge runs on (a scaled-down replica's volume) carried to Kafka by
+//!   the spool's own recovery and forwarder.
 //! - [`startup`]: booting and running; [`shutdown`]: the shutdown sequence.
 //! - [`cli`]: the commands; [`telemetry`]: structured logs.
 
@@ -28,6 +30,7 @@ pub mod backend;
 pub mod cli;
 pub mod conditions;
 pub mod config;
+pub mod drain;
 pub mod event;
 pub mod http;
 pub mod omnichat;

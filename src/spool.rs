@@ -346,6 +346,42 @@ impl Spool {
     }
 }
 
+/// What a spool directory holds, as a start finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Records not yet acknowledged by Kafka.
+    pub records: u64,
+    /// Bytes of the segments kept.
+    pub bytes: u64,
+    /// Bytes of the quarantine's files: records set aside there and damaged segments, which
+    /// only a bridge's re-drive takes out.
+    pub quarantine_bytes: u64,
+}
+
+/// For `omnichat-bridge drain`, which opens a spool no bridge runs on and appends nothing.
+impl Spool {
+    /// Recovers the spool in `settings.dir` as a start would (its lock taken, a torn tail cut,
+    /// damage handled as `settings.on_damage` says) and counts what it holds. Forwards nothing;
+    /// the lock is released on return.
+    pub fn backlog(settings: &SpoolSettings) -> Result<Backlog, SpoolDirError> {
+        let recovered = segments::recover(&settings.dir, settings.on_damage)?;
+        Ok(Backlog {
+            records: recovered.records,
+            bytes: recovered.bytes,
+            quarantine_bytes: quarantine::bytes_on_disk(&settings.dir),
+        })
+    }
+
+    /// Resolves once every record made durable so far was acknowledged by Kafka or set aside:
+    /// with nothing appended, the spool is then empty.
+    pub async fn forwarded_all(&self) {
+        let end = *self.shared.committed.borrow();
+        let mut acknowledged = self.shared.acknowledged.subscribe();
+        // The sender lives in `shared`, as long as `self`: this ends only once caught up.
+        let _ = acknowledged.wait_for(|position| *position >= end).await;
+    }
+}
+
 /// How long the forwarder gets to stop and write its last checkpoint once told.
 const FORWARDER_STOP: Duration = Duration::from_millis(500);
 

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod delivery;
+mod drain;
 mod faultfs;
 mod faults;
 mod ingress;

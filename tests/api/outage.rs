@@ -14,8 +14,10 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -55,9 +57,12 @@ pub fn start_broker(listen_port: u16, advertised_port: u16) -> Broker {
     Broker(child)
 }
 
-/// A TCP proxy that can be cut (listener closed, every connection dropped) and restored.
+/// A TCP proxy that can be cut (listener closed, every connection dropped) and restored, and
+/// can slow what clients send to the broker down.
 pub struct Proxy {
     up: Arc<watch::Sender<bool>>,
+    /// Bytes per second each new connection may send upstream; 0 for no limit.
+    rate: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -65,6 +70,8 @@ impl Proxy {
         let (up, _) = watch::channel(true);
         let up = Arc::new(up);
         let state = up.clone();
+        let rate = Arc::new(AtomicU64::new(0));
+        let rates = rate.clone();
         tokio::spawn(async move {
             loop {
                 let mut watcher = state.subscribe();
@@ -80,10 +87,11 @@ impl Proxy {
                         accepted = listener.accept() => {
                             let Ok((mut client, _)) = accepted else { continue };
                             let mut cut = state.subscribe();
+                            let rate = rates.load(Ordering::Acquire);
                             tokio::spawn(async move {
                                 let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
                                 tokio::select! {
-                                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                    () = relay(&mut client, &mut server, rate) => {}
                                     _ = cut.wait_for(|up| !*up) => {}
                                 }
                             });
@@ -93,7 +101,13 @@ impl Proxy {
                 }
             }
         });
-        Self { up }
+        Self { up, rate }
+    }
+
+    /// Connections opened from now on send at most `bytes_per_second` to the broker (0: no
+    /// limit), so a producer's requests take that long to arrive and be acknowledged.
+    pub fn throttle(&self, bytes_per_second: u64) {
+        self.rate.store(bytes_per_second, Ordering::Release);
     }
 
     pub fn cut(&self) {
@@ -102,6 +116,35 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.up.send_replace(true);
+    }
+}
+
+/// Relays one connection both ways until either side closes, what the client sends paced to
+/// `rate` bytes per second (0: as fast as it comes).
+async fn relay(client: &mut TcpStream, server: &mut TcpStream, rate: u64) {
+    if rate == 0 {
+        let _ = tokio::io::copy_bidirectional(client, server).await;
+        return;
+    }
+    let (mut from_client, mut to_client) = client.split();
+    let (mut from_server, mut to_server) = server.split();
+    let upstream = async {
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            let sent = match from_client.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(sent) => sent,
+            };
+            if to_server.write_all(&buffer[..sent]).await.is_err() {
+                return;
+            }
+            // The pace itself, not a wait for something to happen.
+            tokio::time::sleep(Duration::from_secs_f64(sent as f64 / rate as f64)).await;
+        }
+    };
+    tokio::select! {
+        () = upstream => {}
+        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
     }
 }
 

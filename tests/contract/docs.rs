@@ -340,3 +340,31 @@ fn the_dashboard_and_the_alerts_read_only_metrics_the_bridge_exposes() {
         );
     }
 }
+
+#[test]
+fn the_drain_job_runs_drain_where_and_as_whom_the_statefulset_runs_the_bridge() {
+    let job = read(&root().join("deploy/overlays/spool/drain/job.yaml"));
+    let statefulset = read(&root().join("deploy/overlays/spool/statefulset.yaml"));
+    let settings = read(&root().join("deploy/overlays/spool/settings/kustomization.yaml"));
+    let dir = settings
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("- BRIDGE_SPOOL_DIR="))
+        .expect("BRIDGE_SPOOL_DIR in the spool's settings");
+    let mount = format!("mountPath: {dir}\n");
+    assert!(statefulset.contains(&mount), "the StatefulSet mounts {dir}");
+    assert!(job.contains(&mount), "the drain Job mounts {dir}");
+    assert!(job.contains("args: [\"drain\"]"));
+    for line in [
+        "runAsUser: 65532",
+        "runAsGroup: 65532",
+        "fsGroup: 65532",
+        "readOnlyRootFilesystem: true",
+        "enableServiceLinks: false",
+        "name: omnichat-bridge\n",
+    ] {
+        assert!(statefulset.contains(line), "the StatefulSet has `{line}`");
+        assert!(job.contains(line), "the drain Job lacks `{line}`");
+    }
+    // Labelled as the bridge, its pod would be one of the Service's endpoints.
+    assert!(!job.contains("app.kubernetes.io/name: omnichat-bridge\n"));
+}
