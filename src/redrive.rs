@@ -18,6 +18,7 @@ pub mod options;
 pub mod quarantine;
 pub mod topic;
 
+use crate::event::headers;
 use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
@@ -37,14 +38,18 @@ pub fn renormalize(
 ) -> Result<Record, String> {
     let webhook = Webhook::parse(&letter.value).map_err(|rejection| rejection.code().to_owned())?;
     let received_at = letter
-        .header("received_at")
+        .header(headers::RECEIVED_AT)
         .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
         .unwrap_or(fallback_received_at);
     let receipt = Receipt {
         body: &letter.value,
         received_at,
-        signed_id: letter.header("webhook-id").filter(|id| !id.is_empty()),
-        traceparent: letter.header("traceparent").filter(|t| is_traceparent(t)),
+        signed_id: letter
+            .header(headers::WEBHOOK_ID)
+            .filter(|id| !id.is_empty()),
+        traceparent: letter
+            .header(headers::TRACEPARENT)
+            .filter(|t| is_traceparent(t)),
     };
     Ok(normalizer.event(&webhook, &receipt))
 }

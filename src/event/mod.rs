@@ -3,12 +3,12 @@
 //! The record value is schema version 1 (`schema/event-v1.json`); the CloudEvents attributes
 //! travel as `ce_*` headers so consumers can route without parsing the value.
 
+pub mod headers;
 pub mod id;
 pub mod rfc3339;
 pub mod set_aside;
 
-/// `ce_type` of every dead letter.
-pub const DEAD_LETTER_TYPE: &str = "chat.omni.deadletter";
+pub use headers::DEAD_LETTER_TYPE;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -93,24 +93,20 @@ impl Normalizer {
 
         let time = occurred_at.unwrap_or_else(|| received_at.clone());
         let mut headers = Vec::with_capacity(8);
-        headers.push((Header::Borrowed("ce_specversion"), Header::Borrowed("1.0")));
-        headers.push((Header::Borrowed("ce_id"), Header::Owned(id)));
-        headers.push((
-            Header::Borrowed("ce_source"),
-            Header::Owned(String::from(&*self.source)),
-        ));
-        headers.push((Header::Borrowed("ce_type"), kind));
-        headers.push((Header::Borrowed("ce_time"), Header::Owned(time)));
-        headers.push((Header::Borrowed("ce_subject"), Header::Owned(key.clone())));
-        headers.push((
-            Header::Borrowed("content-type"),
-            Header::Borrowed("application/json"),
-        ));
+        let mut add =
+            |name: &'static str, value: Header| headers.push((Header::Borrowed(name), value));
+        add(
+            headers::SPECVERSION,
+            Header::Borrowed(headers::CLOUDEVENTS_VERSION),
+        );
+        add(headers::ID, Header::Owned(id));
+        add(headers::SOURCE, Header::Owned(String::from(&*self.source)));
+        add(headers::TYPE, kind);
+        add(headers::TIME, Header::Owned(time));
+        add(headers::SUBJECT, Header::Owned(key.clone()));
+        add(headers::CONTENT_TYPE, Header::Borrowed("application/json"));
         if let Some(traceparent) = receipt.traceparent {
-            headers.push((
-                Header::Borrowed("traceparent"),
-                Header::Owned(traceparent.to_owned()),
-            ));
+            add(headers::TRACEPARENT, Header::Owned(traceparent.to_owned()));
         }
 
         Record {
@@ -125,46 +121,17 @@ impl Normalizer {
     /// the reason in headers.
     pub fn dead_letter(&self, rejection: &Rejection, receipt: &Receipt<'_>) -> Record {
         let id = id::for_bytes(receipt.body);
-        let mut headers = vec![
-            (
-                Header::Borrowed("error_code"),
-                Header::Borrowed(rejection.code()),
-            ),
-            (
-                Header::Borrowed("error_message"),
-                Header::Owned(rejection.to_string()),
-            ),
-            (Header::Borrowed("ce_specversion"), Header::Borrowed("1.0")),
-            (Header::Borrowed("ce_id"), Header::Owned(id.clone())),
-            (
-                Header::Borrowed("ce_source"),
-                Header::Owned(String::from(&*self.source)),
-            ),
-            (
-                Header::Borrowed("ce_type"),
-                Header::Borrowed(DEAD_LETTER_TYPE),
-            ),
-            (
-                Header::Borrowed("ce_time"),
-                Header::Owned(rfc3339(receipt.received_at)),
-            ),
-            (
-                Header::Borrowed("received_at"),
-                Header::Owned(rfc3339(receipt.received_at)),
-            ),
-        ];
-        if let Some(signed) = receipt.signed_id {
-            headers.push((
-                Header::Borrowed("webhook-id"),
-                Header::Owned(signed.to_owned()),
-            ));
+        let headers = headers::DeadLetter {
+            error_code: Header::Borrowed(rejection.code()),
+            error_message: rejection.to_string(),
+            id: &id,
+            source: &self.source,
+            received_at: rfc3339(receipt.received_at),
+            original_topic: None,
+            signed_id: receipt.signed_id,
+            traceparent: receipt.traceparent,
         }
-        if let Some(traceparent) = receipt.traceparent {
-            headers.push((
-                Header::Borrowed("traceparent"),
-                Header::Owned(traceparent.to_owned()),
-            ));
-        }
+        .headers();
         Record {
             topic: self.topics.deadletter.clone(),
             key: id,

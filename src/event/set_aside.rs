@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::{DEAD_LETTER_TYPE, id, rfc3339};
+use super::headers::{self, DEAD_LETTER_TYPE};
+use super::{id, rfc3339};
 use crate::omnichat::Webhook;
 use crate::publish::refusal::Refused;
 use crate::publish::{Header, Record};
@@ -31,34 +32,17 @@ pub struct Original<'a> {
 
 /// The dead letter for a record Kafka refused for good.
 pub fn refused(original: &Original<'_>, deadletter: &Arc<str>, refused: &Refused) -> Record {
-    let received = rfc3339::format(original.received_at);
-    let owned = |s: &str| Header::Owned(s.to_owned());
-    let mut headers: Vec<(Header, Header)> = vec![
-        (
-            Header::Borrowed("error_code"),
-            Header::Owned(format!("kafka_{}", refused.code_name())),
-        ),
-        (
-            Header::Borrowed("error_message"),
-            Header::Owned(format!("Kafka refused the record for good: {refused}")),
-        ),
-        (Header::Borrowed("ce_specversion"), Header::Borrowed("1.0")),
-        (Header::Borrowed("ce_id"), owned(original.id)),
-        (Header::Borrowed("ce_source"), owned(original.source)),
-        (
-            Header::Borrowed("ce_type"),
-            Header::Borrowed(DEAD_LETTER_TYPE),
-        ),
-        (Header::Borrowed("ce_time"), Header::Owned(received.clone())),
-        (Header::Borrowed("received_at"), Header::Owned(received)),
-        (Header::Borrowed("original_topic"), owned(original.topic)),
-    ];
-    if let Some(signed) = original.signed_id {
-        headers.push((Header::Borrowed("webhook-id"), owned(signed)));
+    let headers = headers::DeadLetter {
+        error_code: Header::Owned(format!("kafka_{}", refused.code_name())),
+        error_message: format!("Kafka refused the record for good: {refused}"),
+        id: original.id,
+        source: original.source,
+        received_at: rfc3339::format(original.received_at),
+        original_topic: Some(original.topic),
+        signed_id: original.signed_id,
+        traceparent: original.traceparent,
     }
-    if let Some(traceparent) = original.traceparent {
-        headers.push((Header::Borrowed("traceparent"), owned(traceparent)));
-    }
+    .headers();
     Record {
         topic: deadletter.clone(),
         key: original.key.to_owned(),
@@ -75,15 +59,15 @@ pub fn set_aside(
     refusal: &Refused,
     received_at: OffsetDateTime,
 ) -> Record {
-    let was_dead_letter = record.header("ce_type") == Some(DEAD_LETTER_TYPE);
+    let was_dead_letter = record.header(headers::TYPE) == Some(DEAD_LETTER_TYPE);
     let body = if was_dead_letter {
         &record.value[..]
     } else {
         raw_body(&record.value)
     };
-    let id = record.header("ce_id").unwrap_or_default();
+    let id = record.header(headers::ID).unwrap_or_default();
     let unsigned = (!was_dead_letter).then(|| unsigned_id(body)).flatten();
-    let signed_id = match record.header("webhook-id") {
+    let signed_id = match record.header(headers::WEBHOOK_ID) {
         Some(signed) => Some(signed),
         None if !was_dead_letter && unsigned.as_deref() != Some(id) => Some(id),
         None => None,
@@ -93,9 +77,9 @@ pub fn set_aside(
         id,
         key: &record.key,
         topic: &record.topic,
-        source: record.header("ce_source").unwrap_or("omnichat"),
+        source: record.header(headers::SOURCE).unwrap_or("omnichat"),
         signed_id,
-        traceparent: record.header("traceparent"),
+        traceparent: record.header(headers::TRACEPARENT),
         received_at,
     };
     refused(&original, deadletter, refusal)

@@ -10,6 +10,7 @@ pub mod error;
 mod head_deadline;
 pub mod server;
 
+use crate::event::headers;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -212,7 +213,7 @@ async fn accept(
     match Webhook::parse(&body) {
         Ok(webhook) => {
             let record = ingress.normalizer.event(&webhook, &receipt);
-            let id = record.header("ce_id").unwrap_or_default().to_owned();
+            let id = record.header(headers::ID).unwrap_or_default().to_owned();
             let topic = record.topic.clone();
             let started = Instant::now();
             let stored = match ingress.publisher.publish(record).await {
@@ -304,7 +305,10 @@ async fn dead_letter_refused(
     letter: crate::publish::Record,
     id: &str,
 ) -> Result<(), PublishError> {
-    let code = letter.header("error_code").unwrap_or_default().to_owned();
+    let code = letter
+        .header(headers::ERROR_CODE)
+        .unwrap_or_default()
+        .to_owned();
     match ingress.publisher.publish(letter).await {
         Ok(_) => {
             ingress.metrics.observe_dead_letter(&code);

@@ -8,6 +8,7 @@
 //! skipped from the next plain run. A run reads each partition up to the end it finds (the
 //! fetch's end, not ListOffsets) and stops.
 
+use crate::event::headers;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -177,7 +178,7 @@ impl<'s> Run<'s> {
                     publish: None,
                 };
                 if !self.range.holds(offset, timestamp)
-                    || letter.header("ce_type") != Some(DEAD_LETTER_TYPE)
+                    || letter.header(headers::TYPE) != Some(DEAD_LETTER_TYPE)
                 {
                     summary.skipped += 1;
                 } else {
@@ -200,8 +201,8 @@ impl<'s> Run<'s> {
                             let _ = writeln!(
                                 out,
                                 "{at}: would re-drive as {} {} to {}",
-                                event.header("ce_type").unwrap_or_default(),
-                                event.header("ce_id").unwrap_or_default(),
+                                event.header(headers::TYPE).unwrap_or_default(),
+                                event.header(headers::ID).unwrap_or_default(),
                                 event.topic
                             );
                             summary.redriven += 1;

@@ -3,6 +3,7 @@
 //!
 //! The quarantine is described in [`quarantine`].
 
+use crate::event::headers;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -53,7 +54,7 @@ impl<S: Sink> Forwarder<S> {
             refused,
             accepted_at(&entry),
         );
-        let id = letter.header("ce_id").unwrap_or_default().to_owned();
+        let id = letter.header(headers::ID).unwrap_or_default().to_owned();
         let to_topic = match by_topic {
             Some(known) => Some(known),
             None if letter.size() > self.max_record_bytes => Some(Refused::new(
@@ -112,7 +113,7 @@ impl<S: Sink> Forwarder<S> {
         generation: u64,
         stop: &mut oneshot::Receiver<()>,
     ) -> Result<Option<Refused>, NotSetAside> {
-        let id = letter.header("ce_id").unwrap_or_default();
+        let id = letter.header(headers::ID).unwrap_or_default();
         let failed = |why: String| {
             NotSetAside::Failed(format!(
                 "event {id}, refused by Kafka for good, could not be set aside: {why}"

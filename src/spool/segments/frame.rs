@@ -1,5 +1,6 @@
 //! One record as one frame: its encoding, and reading frames back from a segment file.
 
+use crate::event::headers;
 use std::borrow::Cow;
 use std::fs::File;
 use std::io;
@@ -42,17 +43,20 @@ pub struct Entry {
 }
 
 /// Header names the bridge writes; read back as constants rather than allocated per record.
-const KNOWN_HEADERS: [&str; 10] = [
-    "ce_specversion",
-    "ce_id",
-    "ce_source",
-    "ce_type",
-    "ce_time",
-    "ce_subject",
-    "content-type",
-    "traceparent",
-    "error_code",
-    "error_message",
+const KNOWN_HEADERS: [&str; 13] = [
+    headers::SPECVERSION,
+    headers::ID,
+    headers::SOURCE,
+    headers::TYPE,
+    headers::TIME,
+    headers::SUBJECT,
+    headers::CONTENT_TYPE,
+    headers::TRACEPARENT,
+    headers::ERROR_CODE,
+    headers::ERROR_MESSAGE,
+    headers::WEBHOOK_ID,
+    headers::RECEIVED_AT,
+    headers::ORIGINAL_TOPIC,
 ];
 
 /// Decodes a payload whose checksum matched. `topics` keeps the topic names seen, so records
