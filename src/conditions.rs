@@ -146,7 +146,7 @@ impl Conditions {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Active>> {
-        self.active.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locks::lock(&self.active)
     }
 }
 

@@ -33,6 +33,7 @@ pub mod config;
 pub mod drain;
 pub mod event;
 pub mod http;
+mod locks;
 pub mod omnichat;
 pub mod ops;
 pub mod publish;

@@ -77,9 +77,7 @@ impl std::fmt::Debug for Spool {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::locks::{lock, read, write};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -219,7 +217,7 @@ impl Spool {
             return Err(full);
         }
         let (done, answer) = oneshot::channel();
-        let appends = self.appends.read().unwrap_or_else(|e| e.into_inner());
+        let appends = read(&self.appends);
         shared.unanswered.fetch_add(1, Ordering::AcqRel);
         match appends.as_ref().map(|a| a.send(Append { frame, done })) {
             Some(Ok(())) => Ok(answer),
@@ -292,12 +290,7 @@ impl Spool {
     /// `deadline`: a writer stuck in an fsync of a stalled volume is left to end with the
     /// process, and none of what it holds was answered 202.
     async fn drain(&self, deadline: Instant) -> u64 {
-        drop(
-            self.appends
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        drop(write(&self.appends).take());
         let writer = lock(&self.writer).take();
         if let Some(writer) = writer
             && !join_by(writer, deadline).await

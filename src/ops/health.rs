@@ -1,5 +1,6 @@
 //! Liveness and readiness: what the probes on the admin port answer, and why.
 
+use crate::locks::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -91,7 +92,7 @@ impl Health {
 
     /// Records a probe result; returns whether the verdict changed, so it is logged once.
     pub fn set_kafka(&self, verdict: Result<(), KafkaUnusable>) -> bool {
-        let mut kafka = self.kafka.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kafka = lock(&self.kafka);
         let changed = kafka.as_ref().map(Result::is_ok) != Some(verdict.is_ok());
         *kafka = Some(verdict);
         changed
@@ -140,12 +141,12 @@ impl Health {
     }
 
     pub fn set_fatal(&self, reason: String) {
-        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        *lock(&self.fatal) = Some(reason);
     }
 
     /// `Ok` while the process can still do its job; else why it must be restarted.
     pub fn liveness(&self) -> Result<(), String> {
-        match &*self.fatal.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*lock(&self.fatal) {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }
@@ -178,7 +179,7 @@ impl Health {
         if self.queue_full.load(Ordering::SeqCst) {
             return Err(NotReady::QueueFull);
         }
-        match &*self.kafka.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*lock(&self.kafka) {
             None => Err(NotReady::NotProbed),
             Some(verdict) => verdict.clone().map_err(NotReady::Kafka),
         }
@@ -188,7 +189,7 @@ impl Health {
     /// spool's, since the bridge is ready while Kafka is away.
     pub fn details(&self) -> Option<serde_json::Value> {
         let spool = self.spool_status()?;
-        let kafka = match &*self.kafka.lock().unwrap_or_else(|e| e.into_inner()) {
+        let kafka = match &*lock(&self.kafka) {
             None => "not probed yet".to_owned(),
             Some(Ok(())) => "reachable".to_owned(),
             Some(Err(unusable)) => unusable.to_string(),

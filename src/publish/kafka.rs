@@ -11,6 +11,7 @@
 //! producers are therefore never in flight together, so an older record can never land behind
 //! a newer one sent through the new producer.
 
+use crate::locks::{lock, read};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -166,7 +167,7 @@ impl KafkaPublisher {
         record: &Record,
         generation: Option<u64>,
     ) -> Result<(u64, Delivery), SendError> {
-        let current = self.inner.current.read().unwrap_or_else(|e| e.into_inner());
+        let current = read(&self.inner.current);
         let Some(current) = current.as_ref() else {
             return Err(SendError::Replaced);
         };
@@ -253,7 +254,7 @@ impl KafkaPublisher {
         let acknowledged = self.inner.reports.acknowledged.load(Ordering::Relaxed);
         let failed = *self.inner.reports.failed.borrow();
         let waiting = current.producer.in_flight_count() > 0;
-        let mut stalled = self.inner.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stalled = lock(&self.inner.stalled);
         // Still stalled while nothing is acknowledged and records wait now, or failed since the
         // last probe: records that time out between two probes leave nothing in flight for a
         // moment, and must not restart the clock (after a broker restart that kept the
@@ -403,11 +404,7 @@ impl KafkaPublisher {
                     .replace(generation, "the Kafka producer failed fatally");
             }
         }
-        self.inner
-            .broken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.inner.broken).clone()
     }
 
     /// Records taken but not yet acknowledged, and how many may wait at once.

@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::forward;
+use super::now_ms;
 use super::segments::{self, Position};
-use super::{lock, now_ms};
 use crate::conditions::{Condition, Conditions};
+use crate::locks::lock;
 use crate::publish::PublishError;
 
 /// What the probe, readiness and metrics see of the spool.
@@ -165,10 +166,7 @@ impl Shared {
     }
 
     pub(super) fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.failed).clone()
     }
 
     pub(super) fn fail(&self, reason: String) {
@@ -176,7 +174,7 @@ impl Shared {
             reason = %reason,
             "Spool write failed; no more events are accepted until a restart"
         );
-        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        *lock(&self.failed) = Some(reason);
     }
 
     pub(super) fn fail_forwarding(&self, reason: String) {

@@ -1,6 +1,7 @@
 //! Producer generations: one producer in service at a time, and its replacement only once
 //! every record the old one held is resolved and it is destroyed.
 
+use crate::locks::{lock, read, write};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,16 +49,13 @@ pub(super) struct Inner {
 
 impl Inner {
     pub(super) fn current(&self) -> Option<Generation> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read(&self.current).clone()
     }
 
     pub(super) fn replace(&self, generation: u64, why: &str) {
-        let _one = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = lock(&self.replacing);
         let old = {
-            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            let mut current = write(&self.current);
             match current.as_ref() {
                 Some(g) if g.number == generation => current.take(),
                 _ => None,
@@ -89,7 +87,7 @@ impl Inner {
         }
         match new_producer(&self.config, &self.reports) {
             Ok(fresh) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Generation {
+                *write(&self.current) = Some(Generation {
                     number: generation + 1,
                     producer: Arc::new(fresh),
                 });
@@ -101,7 +99,7 @@ impl Inner {
             Err(error) => {
                 let reason = format!("{why}; a new Kafka producer failed: {error}");
                 tracing::error!("{reason}");
-                *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                *lock(&self.broken) = Some(reason);
             }
         }
     }
