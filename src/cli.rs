@@ -3,6 +3,8 @@
 //! variables. Exit codes: 0 done, 1 failed (Kafka, a check), 2 bad settings or options (and
 //! for `drain`, a spool it may not open).
 
+mod quarantine;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -101,7 +103,10 @@ fn check_config() -> ExitCode {
     for warning in settings.warnings() {
         println!("warning: {warning}");
     }
-    if let Err(error) = settings.check_process_limits() {
+    let checked = settings
+        .check_process_limits()
+        .and_then(|()| startup::check_producer_queue(&settings));
+    if let Err(error) = checked {
         eprintln!("omnichat-bridge: {error}");
         return ExitCode::FAILURE;
     }
@@ -168,7 +173,7 @@ async fn redrive(args: Vec<String>) -> ExitCode {
         Source::Quarantine => {
             let port = client::admin_port();
             let dry_run = options.dry_run;
-            tokio::task::spawn_blocking(move || crate::redrive::quarantine::ask(&port, dry_run))
+            tokio::task::spawn_blocking(move || quarantine::ask(&port, dry_run))
                 .await
                 .unwrap_or_else(|error| (Default::default(), Err(error.to_string())))
         }

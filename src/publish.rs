@@ -100,8 +100,8 @@ pub type PublishFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Stored, PublishError>> + Send + 'a>>;
 
 /// Stores records. `publish` resolves only when the record is durable (or certainly not), and
-/// within a bounded time: it never hangs. Lifecycle and health belong to the concrete backend
-/// (see `crate::backend`), not to this seam.
+/// within a bounded time: it never hangs. Lifecycle and health belong to the concrete
+/// backend that startup owns, not to this seam.
 pub trait Publisher: Send + Sync + 'static {
     fn publish(&self, record: Record) -> PublishFuture<'_>;
 }

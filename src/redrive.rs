@@ -15,7 +15,6 @@
 //! `spool::quarantine`).
 
 pub mod options;
-pub mod quarantine;
 pub mod topic;
 
 use crate::event::headers;

@@ -17,9 +17,7 @@ mod shared;
 mod volume;
 
 /// How much the forwarder hands the producer at once (the producer's queue must hold it).
-pub(crate) use forward::{
-    WINDOW_BYTES as FORWARD_WINDOW_BYTES, WINDOW_RECORDS as FORWARD_WINDOW_RECORDS,
-};
+pub use forward::{WINDOW_BYTES as FORWARD_WINDOW_BYTES, WINDOW_RECORDS as FORWARD_WINDOW_RECORDS};
 pub mod segments;
 
 use std::path::PathBuf;

@@ -17,7 +17,7 @@ use crate::http::{self, Authenticator, Ingress};
 use crate::ops::{self, Health, Metrics};
 use crate::publish::kafka::{KafkaPublisher, KafkaUnusable};
 use crate::shutdown;
-use crate::spool::Spool;
+use crate::spool::{FORWARD_WINDOW_BYTES, FORWARD_WINDOW_RECORDS, Spool};
 
 /// What normalization adds to a body at most (headers and the event's own fields), for the
 /// spool's "room for one more event" check.
@@ -253,6 +253,7 @@ pub fn boot(
     before_recovery: impl FnOnce(&Settings),
 ) -> Result<Application, StartupError> {
     settings.check_process_limits()?;
+    check_producer_queue(&settings)?;
     let kafka = kafka_publisher(&settings)?;
     before_recovery(&settings);
     let backend = backend(&settings, kafka)?;
@@ -283,6 +284,23 @@ fn backend(settings: &Settings, kafka: KafkaPublisher) -> Result<Backend, Startu
             Arc::default(),
         )?)),
     })
+}
+
+/// The producer's queue must hold what the bridge may hand it at once: every request in
+/// flight in kafka mode, the forwarder's window in spool mode. Checked here, where the settings
+/// and the spool's window are both known.
+pub fn check_producer_queue(settings: &Settings) -> Result<(), ConfigError> {
+    let records = FORWARD_WINDOW_RECORDS.max(settings.max_in_flight) as u64;
+    settings.kafka.at_least(
+        "queue.buffering.max.messages",
+        records,
+        "records: BRIDGE_MAX_IN_FLIGHT and the spool forwarder's window",
+    )?;
+    settings.kafka.at_least(
+        "queue.buffering.max.kbytes",
+        (FORWARD_WINDOW_BYTES / 1024) as u64,
+        "KiB: the spool forwarder's window",
+    )
 }
 
 /// What `omnichat-bridge check-config` verifies before a rollout: the producer can be created
@@ -381,5 +399,49 @@ fn note_kafka(
             (!leaderless.is_empty())
                 .then(|| format!("partitions without a leader: {}", leaderless.join(", "))),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &[(&str, &str)]) -> Settings {
+        let mut vars = vec![
+            (
+                "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
+                "127.0.0.1:9".to_owned(),
+            ),
+            ("BRIDGE_ALLOW_UNAUTHENTICATED".to_owned(), "true".to_owned()),
+        ];
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::from_vars(vars).expect("valid settings")
+    }
+
+    #[test]
+    fn a_producer_queue_too_small_for_what_the_bridge_hands_it_is_refused_naming_it() {
+        for (vars, variable) in [
+            (
+                &[("KAFKA_QUEUE_BUFFERING_MAX_MESSAGES", "1000")][..],
+                "KAFKA_QUEUE_BUFFERING_MAX_MESSAGES",
+            ),
+            (
+                &[("KAFKA_QUEUE_BUFFERING_MAX_KBYTES", "1024")],
+                "KAFKA_QUEUE_BUFFERING_MAX_KBYTES",
+            ),
+            (
+                &[
+                    ("BRIDGE_MAX_IN_FLIGHT", "20000"),
+                    ("KAFKA_QUEUE_BUFFERING_MAX_MESSAGES", "10000"),
+                ],
+                "KAFKA_QUEUE_BUFFERING_MAX_MESSAGES",
+            ),
+        ] {
+            let refused = check_producer_queue(&settings(vars)).expect_err("too small");
+            assert_eq!(refused.variable, variable);
+        }
+        let fits = [("KAFKA_QUEUE_BUFFERING_MAX_MESSAGES", "4096")];
+        assert_eq!(check_producer_queue(&settings(&fits)), Ok(()));
+        assert_eq!(check_producer_queue(&settings(&[])), Ok(()));
     }
 }

@@ -208,42 +208,21 @@ fn is_secret_property(name: &str) -> bool {
         && !name.ends_with(".location")
 }
 
-/// The producer's queue must hold what the bridge may hand it at once: every request in
-/// flight in kafka mode, the forwarder's window in spool mode.
-pub(super) fn check_queue_limits(
-    kafka: &KafkaSettings,
-    max_in_flight: usize,
-) -> Result<(), ConfigError> {
-    let window = crate::spool::FORWARD_WINDOW_RECORDS.max(max_in_flight) as u64;
-    let window_kbytes = (crate::spool::FORWARD_WINDOW_BYTES / 1024) as u64;
-    for (name, least, what) in [
-        (
-            "queue.buffering.max.messages",
-            window,
-            "records: BRIDGE_MAX_IN_FLIGHT and the spool forwarder's window",
-        ),
-        (
-            "queue.buffering.max.kbytes",
-            window_kbytes,
-            "KiB: the spool forwarder's window",
-        ),
-    ] {
-        let Some(property) = kafka.properties.iter().rev().find(|p| p.name == name) else {
-            continue;
+impl KafkaSettings {
+    /// Refuses a value of property `name` below `least`, naming the variable that set it; `what`
+    /// says what it must hold. Unset, librdkafka's default applies (callers check it fits).
+    pub fn at_least(&self, name: &str, least: u64, what: &str) -> Result<(), ConfigError> {
+        let Some(property) = self.properties.iter().rev().find(|p| p.name == name) else {
+            return Ok(());
         };
         match property.value.expose().trim().parse::<u64>() {
-            Ok(value) if value >= least => {}
-            _ => {
-                return Err(ConfigError::new(
-                    property.variable.clone(),
-                    format!(
-                        "must be at least {least} ({what}), or records are refused as queue-full"
-                    ),
-                ));
-            }
+            Ok(value) if value >= least => Ok(()),
+            _ => Err(ConfigError::new(
+                property.variable.clone(),
+                format!("must be at least {least} ({what}), or records are refused as queue-full"),
+            )),
         }
     }
-    Ok(())
 }
 
 pub(super) fn settings(vars: &[(String, String)]) -> Result<KafkaSettings, ConfigError> {

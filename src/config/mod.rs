@@ -216,7 +216,6 @@ impl Settings {
             unknown_variables: env.unknown(),
             shown,
         };
-        kafka::check_queue_limits(&settings.kafka, settings.max_in_flight)?;
         settings.check_ports()?;
         settings.check_topics()?;
         if settings.shutdown_delay >= settings.shutdown_timeout {

@@ -144,21 +144,6 @@ fn each_bad_setting_is_refused_naming_its_variable() {
             "KAFKA_ENABLE_GAPLESS_GUARANTEE",
         ),
         (
-            &[("KAFKA_QUEUE_BUFFERING_MAX_MESSAGES", "1000")],
-            "KAFKA_QUEUE_BUFFERING_MAX_MESSAGES",
-        ),
-        (
-            &[("KAFKA_QUEUE_BUFFERING_MAX_KBYTES", "1024")],
-            "KAFKA_QUEUE_BUFFERING_MAX_KBYTES",
-        ),
-        (
-            &[
-                ("BRIDGE_MAX_IN_FLIGHT", "20000"),
-                ("KAFKA_QUEUE_BUFFERING_MAX_MESSAGES", "10000"),
-            ],
-            "KAFKA_QUEUE_BUFFERING_MAX_MESSAGES",
-        ),
-        (
             &[("KAFKA_REQUEST_REQUIRED_ACKS", "0")],
             "KAFKA_REQUEST_REQUIRED_ACKS",
         ),

@@ -41,8 +41,8 @@ pub(crate) use set_aside::SetAsideTo;
 use window::{Pending, Window};
 
 /// Records handed to the producer and not yet acknowledged, at most.
-pub(crate) const WINDOW_RECORDS: usize = 4096;
-pub(crate) const WINDOW_BYTES: usize = 32 << 20;
+pub const WINDOW_RECORDS: usize = 4096;
+pub const WINDOW_BYTES: usize = 32 << 20;
 /// How often progress is made durable and fully forwarded segments are deleted: a crash sends
 /// again what was acknowledged since (plus the window in flight). A checkpoint costs no fsync.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);

@@ -9,6 +9,7 @@ mod answers;
 mod auth;
 mod bodies;
 mod docs;
+mod layers;
 mod limits;
 mod openapi;
 mod records;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::Summary;
+use crate::redrive::Summary;
 
 /// A large quarantine takes a while: every record is fsynced into the spool.
 const ANSWER_WITHIN: Duration = Duration::from_secs(600);
