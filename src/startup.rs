@@ -133,6 +133,7 @@ impl Application {
                 connections_per_worker: settings.max_connections.div_ceil(workers).max(1),
                 drain: Duration::from_secs(drain_secs),
                 request_timeout: settings.request_timeout,
+                max_connection_age: settings.max_connection_age,
             },
         )
         .map_err(|source| StartupError::Listen {

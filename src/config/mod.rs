@@ -131,6 +131,10 @@ pub struct Settings {
     /// Open client connections, over all workers; more wait in the kernel's accept queue.
     /// Each open connection can hold what its sender has sent so far, so this bounds memory.
     pub max_connections: usize,
+    /// Kept-alive connections older than this are told to close on their next answer, so
+    /// that load balancers spread senders over new replicas (`BRIDGE_MAX_CONNECTION_AGE_S`;
+    /// `None`: never).
+    pub max_connection_age: Option<Duration>,
     /// How long shutdown keeps serving while not ready (`BRIDGE_SHUTDOWN_DELAY_MS`).
     pub shutdown_delay: Duration,
     /// The bound on the whole shutdown (`BRIDGE_SHUTDOWN_TIMEOUT_MS`).
@@ -209,6 +213,7 @@ impl Settings {
             request_timeout: env.millis(&REQUEST_TIMEOUT_MS)?,
             max_in_flight: env.number(&MAX_IN_FLIGHT)? as usize,
             max_connections: env.number(&MAX_CONNECTIONS)? as usize,
+            max_connection_age: env.seconds_or_off(&MAX_CONNECTION_AGE_S)?,
             shutdown_delay: env.millis(&SHUTDOWN_DELAY_MS)?,
             shutdown_timeout: env.millis(&SHUTDOWN_TIMEOUT_MS)?,
             log_format,

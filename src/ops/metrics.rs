@@ -51,6 +51,7 @@ pub struct Metrics {
     known_events: [[Counter; 3]; 3],
     dead_letters: Family<CodeLabels, Counter>,
     publish_latency: Histogram,
+    connections_aged_out: Counter,
     pub in_flight: Gauge,
     pub queue_depth: Gauge,
     pub kafka_up: Gauge,
@@ -194,6 +195,12 @@ impl Metrics {
             "Time from handing a record to the producer to the broker's acknowledgement",
             publish_latency.clone(),
         );
+        let connections_aged_out = Counter::default();
+        registry.register(
+            "connections_aged_out",
+            "Kept-alive connections told Connection: close because they were older than BRIDGE_MAX_CONNECTION_AGE_S",
+            connections_aged_out.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
@@ -247,6 +254,7 @@ impl Metrics {
             events,
             dead_letters,
             publish_latency,
+            connections_aged_out,
             in_flight,
             queue_depth,
             kafka_up,
@@ -369,6 +377,10 @@ impl Metrics {
                 code: code.to_owned(),
             })
             .inc();
+    }
+
+    pub fn observe_connection_aged_out(&self) {
+        self.connections_aged_out.inc();
     }
 
     /// The Prometheus text exposition.

@@ -8,6 +8,7 @@ mod admin;
 mod answers;
 mod auth;
 mod bodies;
+mod connections;
 mod docs;
 mod limits;
 mod openapi;
