@@ -96,6 +96,10 @@ variables! {
         "Open client connections, over all workers";
     MAX_CONNECTION_AGE_S = "BRIDGE_MAX_CONNECTION_AGE_S", "300", Kind::Number { min: 0, max: MAX_S },
         "Kept-alive connections older than this (within 10% either way) get Connection: close on their next answer; 0: never";
+    DEDUP_WINDOW_S = "BRIDGE_DEDUP_WINDOW_S", "300", Kind::Number { min: 0, max: MAX_S },
+        "How long a stored event's id is remembered, so that a repeated delivery gets the first answer and is not published again; 0: off";
+    DEDUP_MAX_IDS = "BRIDGE_DEDUP_MAX_IDS", "100000", Kind::Number { min: 1, max: 10_000_000 },
+        "The most event ids remembered at once; past it the oldest are forgotten early";
     SHUTDOWN_DELAY_MS = "BRIDGE_SHUTDOWN_DELAY_MS", "5000", Kind::Number { min: 0, max: MAX_MS },
         "On SIGTERM, how long to keep serving while not ready";
     SHUTDOWN_TIMEOUT_MS = "BRIDGE_SHUTDOWN_TIMEOUT_MS", "30000", Kind::Number { min: 1, max: MAX_MS },

@@ -13,3 +13,4 @@ mod docs;
 mod limits;
 mod openapi;
 mod records;
+mod repeats;
