@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin omnichat-bridge >&2
-binary=target/release/omnichat-bridge
+binary="${CARGO_TARGET_DIR:-target}/release/omnichat-bridge"
 allowed='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libssl\.so\.3|libcrypto\.so\.3|ld-linux-x86-64\.so\.2|ld-linux-aarch64\.so\.1)$'
 needed=$(readelf -d "$binary" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
 outside=$(grep -vE "$allowed" <<<"$needed" || true)
