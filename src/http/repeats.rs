@@ -9,7 +9,7 @@
 //!   is forgotten at once: its record may not have landed, so a repeat publishes it again.
 //! - What is kept per id is fixed in size: a 128-bit keyed hash of the id, never the id itself
 //!   (a signed sender chooses its `webhook-id`, and its length), and the answer: topic (as an
-//!   index), partition and offset or `spooled`, and when it was stored. With keys drawn at
+//!   index), partition and offset or `spooled`, and when it was stored. With a key drawn at
 //!   start, no sender can make two ids collide, and by chance they do with probability about
 //!   2^-128 per pair.
 //! - The ids are spread over [`SHARDS`] shards, each a hash map behind its own mutex with a FIFO
@@ -36,7 +36,8 @@ pub const SHARDS: usize = 16;
 /// The memory of stored event ids.
 pub struct Repeats {
     shards: Box<[Mutex<Shard>]>,
-    keys: [RandomState; 2],
+    /// SipHash's key, drawn at start.
+    hasher: RandomState,
     window_ms: u64,
     /// How long a repeat waits for its first delivery's outcome: the publish deadline.
     wait: Duration,
@@ -183,7 +184,7 @@ impl Repeats {
             .collect();
         Self {
             shards,
-            keys: [RandomState::new(), RandomState::new()],
+            hasher: RandomState::new(),
             window_ms: settings.window.as_millis().try_into().unwrap_or(u64::MAX),
             wait,
             epoch: Instant::now(),
@@ -303,10 +304,12 @@ impl Repeats {
         u8::try_from(index).ok()
     }
 
+    /// Two keyed hashes of the id over distinct inputs (the second has a byte more), so two
+    /// independent 64-bit halves under one secret key.
     fn key(&self, id: &str) -> Key {
         Key {
-            hash: self.keys[0].hash_one(id),
-            check: self.keys[1].hash_one(id),
+            hash: self.hasher.hash_one(id),
+            check: self.hasher.hash_one((id, 1u8)),
         }
     }
 
