@@ -7,8 +7,9 @@
 //!   with a stable code, raised and cleared by whoever sees it, named in readiness.
 //! - [`config`]: environment variables to validated [`config::Settings`]; each `BRIDGE_*`
 //!   variable declared once in [`config::variables`]; secrets wrapped.
-//! - [`http`]: the public server (every request's headers on a deadline), the ingress route,
-//!   authentication, and the one mapping from errors to statuses.
+//! - [`http`]: the public server (every request's headers on a deadline, connections aged
+//!   out), the ingress route, authentication, the memory of repeated deliveries
+//!   ([`http::repeats`]), and the one mapping from errors to statuses.
 //! - [`omnichat`]: OmniChat's wire format, parsed into types (times included) at the edge.
 //! - [`event`]: normalization into the schema-1 value, CloudEvents headers, event ids, and the
 //!   dead-letter format.

@@ -115,6 +115,14 @@ impl Application {
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             body_budget: Arc::new(Semaphore::new(http::BODY_BUDGET / 1024)),
             unverified_budget: Arc::new(Semaphore::new(http::UNVERIFIED_BODY_BUDGET / 1024)),
+            repeats: settings.dedup.map(|dedup| {
+                http::repeats::Repeats::new(
+                    &dedup,
+                    &settings.topics,
+                    settings.max_in_flight,
+                    settings.publish_timeout,
+                )
+            }),
         });
 
         // In-flight requests get what is left of the shutdown budget after the delay; the
@@ -133,6 +141,7 @@ impl Application {
                 connections_per_worker: settings.max_connections.div_ceil(workers).max(1),
                 drain: Duration::from_secs(drain_secs),
                 request_timeout: settings.request_timeout,
+                max_connection_age: settings.max_connection_age,
             },
         )
         .map_err(|source| StartupError::Listen {

@@ -71,6 +71,16 @@ pub enum OnDamage {
     SetAside,
 }
 
+/// How repeated deliveries are recognised: the ids of the events this process stored, for a
+/// while and up to a count (`BRIDGE_DEDUP_WINDOW_S`, `BRIDGE_DEDUP_MAX_IDS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupSettings {
+    /// How long after its store an id is remembered.
+    pub window: Duration,
+    /// The most ids remembered at once; past it the oldest are forgotten early.
+    pub max_ids: usize,
+}
+
 /// How logs are written (`BRIDGE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -131,6 +141,12 @@ pub struct Settings {
     /// Open client connections, over all workers; more wait in the kernel's accept queue.
     /// Each open connection can hold what its sender has sent so far, so this bounds memory.
     pub max_connections: usize,
+    /// Kept-alive connections older than this are told to close on their next answer, so
+    /// that load balancers spread senders over new replicas (`BRIDGE_MAX_CONNECTION_AGE_S`;
+    /// `None`: never).
+    pub max_connection_age: Option<Duration>,
+    /// Repeated deliveries answered from memory (`BRIDGE_DEDUP_*`; `None`: off).
+    pub dedup: Option<DedupSettings>,
     /// How long shutdown keeps serving while not ready (`BRIDGE_SHUTDOWN_DELAY_MS`).
     pub shutdown_delay: Duration,
     /// The bound on the whole shutdown (`BRIDGE_SHUTDOWN_TIMEOUT_MS`).
@@ -209,6 +225,8 @@ impl Settings {
             request_timeout: env.millis(&REQUEST_TIMEOUT_MS)?,
             max_in_flight: env.number(&MAX_IN_FLIGHT)? as usize,
             max_connections: env.number(&MAX_CONNECTIONS)? as usize,
+            max_connection_age: env.seconds_or_off(&MAX_CONNECTION_AGE_S)?,
+            dedup: dedup_settings(&env)?,
             shutdown_delay: env.millis(&SHUTDOWN_DELAY_MS)?,
             shutdown_timeout: env.millis(&SHUTDOWN_TIMEOUT_MS)?,
             log_format,
@@ -306,6 +324,15 @@ impl Settings {
     pub fn effective(&self) -> Vec<(String, String)> {
         self.shown.clone()
     }
+}
+
+/// `BRIDGE_DEDUP_WINDOW_S=0` turns it off; `BRIDGE_DEDUP_MAX_IDS` is read either way, so a bad
+/// value is caught before it is switched on.
+fn dedup_settings(env: &Env) -> Result<Option<DedupSettings>, ConfigError> {
+    let max_ids = env.number(&DEDUP_MAX_IDS)? as usize;
+    Ok(env
+        .seconds_or_off(&DEDUP_WINDOW_S)?
+        .map(|window| DedupSettings { window, max_ids }))
 }
 
 fn spool_settings(env: &Env, max_body_bytes: u64) -> Result<SpoolSettings, ConfigError> {

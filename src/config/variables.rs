@@ -11,6 +11,8 @@ use super::ConfigError;
 
 /// The longest timeout any `*_MS` setting takes: a day.
 const MAX_MS: u64 = 24 * 60 * 60 * 1000;
+/// The longest any `*_S` setting takes: a day.
+const MAX_S: u64 = 24 * 60 * 60;
 
 /// One `BRIDGE_*` setting.
 #[derive(Debug)]
@@ -92,6 +94,12 @@ variables! {
         "Concurrent webhook requests; past it, 503 at once";
     MAX_CONNECTIONS = "BRIDGE_MAX_CONNECTIONS", "512", Kind::Number { min: 1, max: 1 << 20 },
         "Open client connections, over all workers";
+    MAX_CONNECTION_AGE_S = "BRIDGE_MAX_CONNECTION_AGE_S", "300", Kind::Number { min: 0, max: MAX_S },
+        "Kept-alive connections older than this (within 10% either way) get Connection: close on their next answer; 0: never";
+    DEDUP_WINDOW_S = "BRIDGE_DEDUP_WINDOW_S", "300", Kind::Number { min: 0, max: MAX_S },
+        "How long a stored event's id is remembered, so that a repeated delivery gets the first answer and is not published again; 0: off";
+    DEDUP_MAX_IDS = "BRIDGE_DEDUP_MAX_IDS", "100000", Kind::Number { min: 1, max: 10_000_000 },
+        "The most event ids remembered at once; past it the oldest are forgotten early";
     SHUTDOWN_DELAY_MS = "BRIDGE_SHUTDOWN_DELAY_MS", "5000", Kind::Number { min: 0, max: MAX_MS },
         "On SIGTERM, how long to keep serving while not ready";
     SHUTDOWN_TIMEOUT_MS = "BRIDGE_SHUTDOWN_TIMEOUT_MS", "30000", Kind::Number { min: 1, max: MAX_MS },
@@ -161,6 +169,15 @@ impl Env {
 
     pub(super) fn millis(&self, variable: &Variable) -> Result<Duration, ConfigError> {
         self.number(variable).map(Duration::from_millis)
+    }
+
+    /// Whole seconds, `None` for 0: the `*_S` settings where 0 turns something off.
+    pub(super) fn seconds_or_off(
+        &self,
+        variable: &Variable,
+    ) -> Result<Option<Duration>, ConfigError> {
+        self.number(variable)
+            .map(|seconds| Some(Duration::from_secs(seconds)).filter(|d| !d.is_zero()))
     }
 
     pub(super) fn flag(&self, variable: &Variable) -> Result<bool, ConfigError> {

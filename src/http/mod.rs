@@ -3,11 +3,13 @@
 //! Order of work per request: take an in-flight slot, authenticate from headers (so strangers
 //! cost nothing), read the body within its size limit and deadline, verify a signature if that
 //! is how the sender authenticates, parse, normalize, publish, answer. A body that cannot be
-//! normalized is dead-lettered before the 400/422.
+//! normalized is dead-lettered before the 400/422. An event whose id this process stored a
+//! moment ago is answered from [`repeats`] instead of being published again.
 
 pub mod auth;
 pub mod error;
 mod head_deadline;
+pub mod repeats;
 pub mod server;
 
 use crate::event::headers;
@@ -28,11 +30,13 @@ use crate::ops::Metrics;
 use crate::publish::{PublishError, Publisher, Stored};
 pub use auth::{Authenticator, Credential};
 pub use error::IngressError;
+use repeats::{Claim, Repeats};
 
 pub const WEBHOOK_PATH: &str = "/webhooks/omnichat";
 
 /// The 202 answer. Partition and offset are known only once the broker has the record, so a
-/// spooled event's answer says `spooled` instead.
+/// spooled event's answer says `spooled` instead; a repeated delivery's is the first one's,
+/// marked `duplicate`.
 #[derive(serde::Serialize)]
 struct Accepted<'a> {
     id: &'a str,
@@ -44,6 +48,26 @@ struct Accepted<'a> {
     offset: Option<i64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     spooled: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+impl<'a> Accepted<'a> {
+    fn answer(id: &'a str, topic: &'a str, stored: Stored, duplicate: bool) -> HttpResponse {
+        let (partition, offset) = match stored {
+            Stored::Kafka { partition, offset } => (Some(partition), Some(offset)),
+            Stored::OnDisk => (None, None),
+        };
+        HttpResponse::Accepted().json(Accepted {
+            id,
+            status: "accepted",
+            topic,
+            partition,
+            offset,
+            spooled: stored == Stored::OnDisk,
+            duplicate,
+        })
+    }
 }
 
 /// Everything a request needs, shared by all workers.
@@ -63,6 +87,8 @@ pub struct Ingress {
     /// KiB of bodies being read before their signature is verified, over all requests
     /// ([`UNVERIFIED_BODY_BUDGET`]).
     pub unverified_budget: Arc<Semaphore>,
+    /// The ids of events stored lately, to answer their repeats (`None`: off).
+    pub repeats: Option<Repeats>,
 }
 
 /// Bytes all requests together may hold in bodies, from before they are read until they are
@@ -211,61 +237,7 @@ async fn accept(
     };
 
     match Webhook::parse(&body) {
-        Ok(webhook) => {
-            let record = ingress.normalizer.event(&webhook, &receipt);
-            let id = record.header(headers::ID).unwrap_or_default().to_owned();
-            let topic = record.topic.clone();
-            let started = Instant::now();
-            let stored = match ingress.publisher.publish(record).await {
-                Ok(stored) => stored,
-                Err(error) => {
-                    tracing::warn!(
-                        event_id = %id,
-                        object_id = %webhook.object_id,
-                        chat_id = webhook.message.as_ref().map(|m| &*m.chat_id),
-                        %topic,
-                        error = %error,
-                        "Event not stored"
-                    );
-                    if let PublishError::Poison(refused) = error {
-                        let letter = ingress
-                            .normalizer
-                            .refused_event(&id, &webhook, &receipt, &refused);
-                        return Err(match dead_letter_refused(ingress, letter, &id).await {
-                            Ok(()) => IngressError::RefusedByKafka {
-                                refused,
-                                dead_lettered: true,
-                            },
-                            Err(PublishError::Poison(_)) => IngressError::RefusedByKafka {
-                                refused,
-                                dead_lettered: false,
-                            },
-                            // It may still be stored: the sender retries.
-                            Err(error) => IngressError::NotStored(error),
-                        });
-                    }
-                    return Err(error.into());
-                }
-            };
-            ingress.metrics.observe_event(
-                &topic,
-                &webhook.resource,
-                &webhook.action,
-                started.elapsed(),
-            );
-            let (partition, offset) = match stored {
-                Stored::Kafka { partition, offset } => (Some(partition), Some(offset)),
-                Stored::OnDisk => (None, None),
-            };
-            Ok(HttpResponse::Accepted().json(Accepted {
-                id: &id,
-                status: "accepted",
-                topic: &topic,
-                partition,
-                offset,
-                spooled: stored == Stored::OnDisk,
-            }))
-        }
+        Ok(webhook) => store_event(ingress, &webhook, &receipt).await,
         Err(rejection) => {
             let record = ingress.normalizer.dead_letter(&rejection, &receipt);
             let id = record.key.clone();
@@ -294,6 +266,92 @@ async fn accept(
             );
             Err(IngressError::Rejected(rejection))
         }
+    }
+}
+
+/// Publishes a webhook's event, unless this process stored its id lately: then the answer is
+/// the first one's and nothing is published again.
+async fn store_event(
+    ingress: &Ingress,
+    webhook: &Webhook<'_>,
+    receipt: &Receipt<'_>,
+) -> Result<HttpResponse, IngressError> {
+    let record = ingress.normalizer.event(webhook, receipt);
+    let id = record.header(headers::ID).unwrap_or_default().to_owned();
+    let pending = match &ingress.repeats {
+        None => None,
+        Some(repeats) => match repeats.claim(&id).await {
+            Ok(Claim::Repeat(first)) => {
+                ingress.metrics.observe_duplicate(first.waited);
+                return Ok(Accepted::answer(&id, &first.topic, first.stored, true));
+            }
+            Ok(Claim::First(pending)) => Some(pending),
+            Err(error) => {
+                tracing::warn!(
+                    event_id = %id,
+                    error = %error,
+                    "Repeated delivery not answered: its first delivery was still being stored"
+                );
+                return Err(error.into());
+            }
+        },
+    };
+    let topic = record.topic.clone();
+    let started = Instant::now();
+    // On an error `pending` is dropped and the id forgotten: a repeat is published again,
+    // since the record may not have landed.
+    let stored = match ingress.publisher.publish(record).await {
+        Ok(stored) => stored,
+        Err(error) => return Err(not_stored(ingress, webhook, receipt, &id, &topic, error).await),
+    };
+    if let Some(pending) = pending {
+        let forgotten = pending.stored(&topic, stored);
+        ingress.metrics.observe_forgotten_ids(forgotten);
+    }
+    ingress.metrics.observe_event(
+        &topic,
+        &webhook.resource,
+        &webhook.action,
+        started.elapsed(),
+    );
+    Ok(Accepted::answer(&id, &topic, stored, false))
+}
+
+/// An event Kafka (or the spool) did not store: logged, and if Kafka refuses it for good its
+/// body is dead-lettered.
+async fn not_stored(
+    ingress: &Ingress,
+    webhook: &Webhook<'_>,
+    receipt: &Receipt<'_>,
+    id: &str,
+    topic: &str,
+    error: PublishError,
+) -> IngressError {
+    tracing::warn!(
+        event_id = %id,
+        object_id = %webhook.object_id,
+        chat_id = webhook.message.as_ref().map(|m| &*m.chat_id),
+        %topic,
+        error = %error,
+        "Event not stored"
+    );
+    let PublishError::Poison(refused) = error else {
+        return error.into();
+    };
+    let letter = ingress
+        .normalizer
+        .refused_event(id, webhook, receipt, &refused);
+    match dead_letter_refused(ingress, letter, id).await {
+        Ok(()) => IngressError::RefusedByKafka {
+            refused,
+            dead_lettered: true,
+        },
+        Err(PublishError::Poison(_)) => IngressError::RefusedByKafka {
+            refused,
+            dead_lettered: false,
+        },
+        // It may still be stored: the sender retries.
+        Err(error) => IngressError::NotStored(error),
     }
 }
 

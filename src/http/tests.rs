@@ -41,6 +41,7 @@ async fn a_request_dropped_while_it_waits_is_counted_out_of_in_flight() {
         in_flight: Arc::new(Semaphore::new(8)),
         body_budget: Arc::new(Semaphore::new(BODY_BUDGET / 1024)),
         unverified_budget: Arc::new(Semaphore::new(UNVERIFIED_BODY_BUDGET / 1024)),
+        repeats: None,
     });
     let (request, mut payload) = TestRequest::post()
         .uri(WEBHOOK_PATH)

@@ -34,6 +34,12 @@ struct CodeLabels {
     code: String,
 }
 
+/// Where the first delivery of a repeated one stood when the repeat arrived.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FirstLabels {
+    first: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConditionLabels {
     condition: &'static str,
@@ -51,6 +57,10 @@ pub struct Metrics {
     known_events: [[Counter; 3]; 3],
     dead_letters: Family<CodeLabels, Counter>,
     publish_latency: Histogram,
+    /// Repeats answered from memory: `[stored, storing]`, created once for the hot path.
+    duplicates: [Counter; 2],
+    dedup_forgotten: Counter,
+    connections_aged_out: Counter,
     pub in_flight: Gauge,
     pub queue_depth: Gauge,
     pub kafka_up: Gauge,
@@ -194,6 +204,29 @@ impl Metrics {
             "Time from handing a record to the producer to the broker's acknowledgement",
             publish_latency.clone(),
         );
+        let duplicate_family = Family::<FirstLabels, Counter>::default();
+        registry.register(
+            "duplicates",
+            "Repeated deliveries of an event this process stored within BRIDGE_DEDUP_WINDOW_S, answered 202 with the first answer and not published again; first=storing: the repeat came while the first was being stored, and waited for it",
+            duplicate_family.clone(),
+        );
+        let duplicates = ["stored", "storing"].map(|first| {
+            duplicate_family
+                .get_or_create(&FirstLabels { first })
+                .clone()
+        });
+        let dedup_forgotten = Counter::default();
+        registry.register(
+            "dedup_forgotten_ids",
+            "Event ids forgotten before BRIDGE_DEDUP_WINDOW_S passed, to stay within BRIDGE_DEDUP_MAX_IDS: a repeat of one would be published again",
+            dedup_forgotten.clone(),
+        );
+        let connections_aged_out = Counter::default();
+        registry.register(
+            "connections_aged_out",
+            "Kept-alive connections told Connection: close because they were older than BRIDGE_MAX_CONNECTION_AGE_S",
+            connections_aged_out.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
@@ -247,6 +280,9 @@ impl Metrics {
             events,
             dead_letters,
             publish_latency,
+            duplicates,
+            dedup_forgotten,
+            connections_aged_out,
             in_flight,
             queue_depth,
             kafka_up,
@@ -369,6 +405,23 @@ impl Metrics {
                 code: code.to_owned(),
             })
             .inc();
+    }
+
+    /// A repeated delivery answered from memory; `waited` when it came while the first was
+    /// still being stored.
+    pub fn observe_duplicate(&self, waited: bool) {
+        self.duplicates[usize::from(waited)].inc();
+    }
+
+    /// Ids forgotten before their window passed, to stay within the count.
+    pub fn observe_forgotten_ids(&self, count: usize) {
+        if count > 0 {
+            self.dedup_forgotten.inc_by(count as u64);
+        }
+    }
+
+    pub fn observe_connection_aged_out(&self) {
+        self.connections_aged_out.inc();
     }
 
     /// The Prometheus text exposition.

@@ -134,25 +134,30 @@ async fn copies_traceparent_and_unknown_values_through() {
 
 #[tokio::test]
 #[ignore = "needs the broker: scripts/test.sh starts it and runs these"]
-async fn a_redelivered_webhook_keeps_its_event_id() {
+async fn a_redelivered_webhook_keeps_its_event_id_and_is_stored_once() {
     let app = spawn_app().await;
     app.wait_ready().await;
     let first = app.post_accepted(SEED).await;
     let again = app.post_accepted(SEED).await;
     assert_eq!(first["id"], again["id"]);
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(
+        (&again["partition"], &again["offset"]),
+        (&first["partition"], &first["offset"]),
+        "the first answer's place"
+    );
     let other = app
         .post_accepted(SEED.replace("1681825655283", "1681825655999"))
         .await;
     assert_ne!(first["id"], other["id"]);
-    let records = app.read(&app.topics.messages, 3).await;
-    let ids: Vec<_> = records
-        .iter()
-        .map(|r| r.header("ce_id").map(str::to_owned))
-        .collect();
+    // Same chat, so the same partition: the next event is right behind the first, with no
+    // copy of it in between.
+    assert_eq!(other["partition"], first["partition"]);
     assert_eq!(
-        ids.iter()
-            .filter(|id| id.as_deref() == first["id"].as_str())
-            .count(),
-        2
+        other["offset"].as_i64(),
+        first["offset"].as_i64().map(|o| o + 1)
     );
+    let records = app.read(&app.topics.messages, 2).await;
+    let ids: Vec<_> = records.iter().map(|r| r.header("ce_id")).collect();
+    assert_eq!(ids, [first["id"].as_str(), other["id"].as_str()]);
 }

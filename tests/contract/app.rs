@@ -26,6 +26,8 @@ pub enum Answer {
     Fail(PublishError),
     /// Stored, after this long: a slow broker.
     After(Duration),
+    /// Not stored, for this reason, after this long.
+    FailAfter(Duration, PublishError),
 }
 
 /// Records every record it stores, in order.
@@ -33,12 +35,32 @@ pub enum Answer {
 pub struct Recorder {
     stored: Mutex<Vec<Record>>,
     script: Mutex<VecDeque<Answer>>,
+    /// Publishes begun, stored or not.
+    begun: std::sync::atomic::AtomicUsize,
 }
 
 impl Recorder {
     /// The next publishes get these answers, in order; then `Store` again.
     pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
         self.script.lock().expect("script").extend(answers);
+    }
+
+    /// How many publishes have begun, stored or not.
+    pub fn begun(&self) -> usize {
+        self.begun.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `count` publishes have begun.
+    pub async fn wait_begun(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.begun() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{} publishes began",
+                self.begun()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub fn stored(&self) -> Vec<Record> {
@@ -61,6 +83,7 @@ impl Publisher for Recorder {
             .expect("script")
             .pop_front()
             .unwrap_or(Answer::Store);
+        self.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             match answer {
                 Answer::Store => {
@@ -72,6 +95,10 @@ impl Publisher for Recorder {
                     })
                 }
                 Answer::Fail(error) => Err(error),
+                Answer::FailAfter(delay, error) => {
+                    tokio::time::sleep(delay).await;
+                    Err(error)
+                }
                 Answer::After(delay) => {
                     tokio::time::sleep(delay).await;
                     let mut stored = self.stored.lock().expect("stored");

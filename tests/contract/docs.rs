@@ -368,3 +368,36 @@ fn the_drain_job_runs_drain_where_and_as_whom_the_statefulset_runs_the_bridge() 
     // Labelled as the bridge, its pod would be one of the Service's endpoints.
     assert!(!job.contains("app.kubernetes.io/name: omnichat-bridge\n"));
 }
+
+#[test]
+fn the_readme_states_the_memory_of_the_remembered_ids_with_the_defaults() {
+    use omnichat_bridge::http::repeats::Repeats;
+    let settings = Settings::from_vars(
+        [
+            ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            ("BRIDGE_AUTH_TOKENS", "0123456789abcdef0123"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    )
+    .expect("defaults");
+    let dedup = settings.dedup.expect("on by default");
+    let repeats = Repeats::new(
+        &dedup,
+        &settings.topics,
+        settings.max_in_flight,
+        settings.publish_timeout,
+    );
+    let bytes = repeats.allocated_bytes();
+    let readme = read(&root().join("README.md"));
+    for stated in [
+        format_thousands(bytes),
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20)),
+        format!("{} bytes per id", bytes / dedup.max_ids),
+        format!("{} bytes each", bytes / dedup.max_ids),
+    ] {
+        assert!(
+            readme.contains(&stated),
+            "the README must state the remembered ids' memory as {stated}"
+        );
+    }
+}

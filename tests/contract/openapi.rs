@@ -90,6 +90,8 @@ async fn every_answer_of_the_ingress_matches_the_openapi_document() {
     app.wait_readiness(200).await;
     let path = "/webhooks/omnichat";
     assert_documented(path, "post", app.post(SEED).await).await;
+    let repeat = assert_documented(path, "post", app.post(SEED).await).await;
+    assert_eq!(repeat["duplicate"], true);
     assert_documented(path, "post", app.post("{oops").await).await;
     assert_documented(
         path,
@@ -192,6 +194,11 @@ async fn spool_mode_answers_match_the_openapi_document() {
     app.wait_readiness(200).await;
     let body = assert_documented("/webhooks/omnichat", "post", app.post(SEED).await).await;
     assert_eq!(body["spooled"], true);
+    let repeat = assert_documented("/webhooks/omnichat", "post", app.post(SEED).await).await;
+    assert_eq!(
+        (&repeat["spooled"], &repeat["duplicate"]),
+        (&json!(true), &json!(true))
+    );
     let body = assert_documented("/readyz", "get", app.admin("/readyz").await).await;
     assert_eq!(body["mode"], "spool");
     let redrive = |dry_run: &str| {
