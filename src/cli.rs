@@ -103,10 +103,7 @@ fn check_config() -> ExitCode {
     for warning in settings.warnings() {
         println!("warning: {warning}");
     }
-    let checked = settings
-        .check_process_limits()
-        .and_then(|()| startup::check_producer_queue(&settings));
-    if let Err(error) = checked {
+    if let Err(error) = startup::check_settings(&settings) {
         eprintln!("omnichat-bridge: {error}");
         return ExitCode::FAILURE;
     }

@@ -155,7 +155,7 @@ pub async fn run(
     if options.dry_run {
         return Ok(Report::Counted(Spool::backlog(spool_settings)?));
     }
-    crate::startup::check_producer_queue(settings)?;
+    crate::startup::check_settings(settings)?;
     let kafka = KafkaPublisher::unbounded(&settings.kafka, settings.publish_timeout)?;
     before_recovery(settings);
     let spool = Arc::new(Spool::open(

@@ -15,7 +15,7 @@ use crate::config::{AckMode, ConfigError, Settings};
 use crate::event::Normalizer;
 use crate::http::{self, Authenticator, Ingress};
 use crate::ops::{self, Health, Metrics};
-use crate::publish::kafka::{KafkaPublisher, KafkaUnusable};
+use crate::publish::kafka::{KafkaPublisher, KafkaUnusable, policy};
 use crate::shutdown;
 use crate::spool::{FORWARD_WINDOW_BYTES, FORWARD_WINDOW_RECORDS, Spool};
 
@@ -261,8 +261,7 @@ pub fn boot(
     settings: Settings,
     before_recovery: impl FnOnce(&Settings),
 ) -> Result<Application, StartupError> {
-    settings.check_process_limits()?;
-    check_producer_queue(&settings)?;
+    check_settings(&settings)?;
     let kafka = kafka_publisher(&settings)?;
     before_recovery(&settings);
     let backend = backend(&settings, kafka)?;
@@ -293,6 +292,15 @@ fn backend(settings: &Settings, kafka: KafkaPublisher) -> Result<Backend, Startu
             Arc::default(),
         )?)),
     })
+}
+
+/// What the settings must also satisfy before anything starts, beyond what parsing them checks:
+/// this process's limits, the producer's policy, and a producer queue that holds what the bridge
+/// hands it. Run at start, by `check-config` and by `drain`.
+pub fn check_settings(settings: &Settings) -> Result<(), ConfigError> {
+    settings.check_process_limits()?;
+    policy::check(&settings.kafka)?;
+    check_producer_queue(settings)
 }
 
 /// The producer's queue must hold what the bridge may hand it at once: every request in

@@ -1,10 +1,7 @@
-//! The librdkafka properties: the ones the bridge sets, the ones it refuses, and the operator's
-//! `KAFKA_*` variables, each a property (`KAFKA_SECURITY_PROTOCOL` is `security.protocol`).
-
-use std::time::Duration;
-
-use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
+//! The operator's `KAFKA_*` variables, each read as one librdkafka property
+//! (`KAFKA_SECURITY_PROTOCOL` is `security.protocol`) under the one name the bridge uses for it.
+//! Which properties the bridge sets itself and which values it refuses is the producer's policy
+//! (`publish::kafka::policy`).
 
 use super::{ConfigError, Secret};
 
@@ -42,116 +39,6 @@ impl KafkaSettings {
     }
 }
 
-/// Properties the bridge sets before the operator's `KAFKA_*` ones. The guarded ones cannot be
-/// overridden (see [`GUARDED`]); the others are defaults chosen for webhooks.
-fn owned(publish_timeout: Duration) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("client.id", "omnichat-bridge")
-        // Exactly-once per partition and in order across retries (KIP-98).
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        // Kafka's Java partitioner, so every client agrees where a chat's key lives.
-        .set("partitioner", "murmur2_random")
-        // librdkafka gives up on a record when the sender has already been told 503, so a
-        // queued record does not outlive its answer by much. 0 (the forwarder) never gives up.
-        .set(
-            "message.timeout.ms",
-            publish_timeout.as_millis().to_string(),
-        )
-        .set("linger.ms", "2")
-        // librdkafka's default backoff doubles to 10 s, which after a 5 s outage kept the
-        // bridge answering 503 for another 6 s. Capped at 1 s, it is back within about a
-        // second, at the cost of one connection attempt per broker per second meanwhile.
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "1000")
-        // Records waiting in the producer, at most: librdkafka's default is 1 GiB. 64 MiB holds
-        // the spool forwarder's window twice and what the body budget lets requests publish;
-        // past it a request gets 503 queue_full instead of the pod its OOM kill.
-        .set("queue.buffering.max.kbytes", "65536");
-    config
-}
-
-impl KafkaSettings {
-    /// Names the variable behind an error librdkafka gave creating a producer.
-    pub fn creation_error(&self, error: KafkaError) -> ConfigError {
-        let (variable, reason) = match &error {
-            KafkaError::ClientConfig(_, description, name, _) => {
-                let variable = self
-                    .properties
-                    .iter()
-                    .find(|p| p.name == canonical(name))
-                    .map(|p| p.variable.clone())
-                    .unwrap_or_else(|| format!("KAFKA_{}", name.to_uppercase().replace('.', "_")));
-                (variable, description.clone())
-            }
-            // librdkafka checks some combinations only when it creates the producer, and names
-            // the properties in its message: name the variable that set one of them.
-            other => {
-                let reason = other.to_string();
-                let variable = self
-                    .properties
-                    .iter()
-                    .filter(|p| mentions(&reason, &p.name))
-                    .max_by_key(|p| p.name.len())
-                    .map_or_else(|| "KAFKA_*".to_owned(), |p| p.variable.clone());
-                (variable, reason)
-            }
-        };
-        ConfigError { variable, reason }
-    }
-
-    /// The producer's configuration: the bridge's own properties, then the operator's.
-    pub fn client_config(&self, publish_timeout: Duration) -> ClientConfig {
-        let mut config = owned(publish_timeout);
-        for property in &self.properties {
-            config.set(&property.name, property.value.expose());
-        }
-        config
-    }
-}
-
-/// Settings the bridge owns because its guarantees depend on them. `None` means any value
-/// other than the bridge's own is refused.
-const GUARDED: &[(&str, &[&str], &str)] = &[
-    (
-        "enable.idempotence",
-        &["true"],
-        "the idempotent producer keeps each chat's events in order across retries",
-    ),
-    (
-        "acks",
-        &["all", "-1"],
-        "a 202 promises the record is on every in-sync replica",
-    ),
-    (
-        "partitioner",
-        &["murmur2_random", "murmur2"],
-        "keys must land where Kafka's Java clients put them",
-    ),
-    (
-        "transactional.id",
-        &[],
-        "the bridge does not use transactions",
-    ),
-    (
-        "delivery.report.only.error",
-        &["false"],
-        "a 202 waits for the broker's acknowledgement of each record, which this would suppress",
-    ),
-    (
-        "enable.gapless.guarantee",
-        &["true"],
-        "the spool's forwarder relies on it to never land a later record before an earlier one",
-    ),
-    (
-        "retries",
-        &["2147483647"],
-        "records are bounded by time (BRIDGE_PUBLISH_TIMEOUT_MS), not by a retry count that \
-         would fail them early and leave gaps",
-    ),
-];
-
 /// librdkafka's second names for properties, each with the name the bridge uses for it.
 /// librdkafka applies properties in the order it is given them, and rdkafka gives them from a
 /// hash map: a property set under both names (the bridge's default under one, the operator's
@@ -177,7 +64,7 @@ const ALIASES: &[(&str, &str)] = &[
 ];
 
 /// The name the bridge uses for a librdkafka property.
-fn canonical(name: &str) -> &str {
+pub(crate) fn canonical(name: &str) -> &str {
     ALIASES
         .iter()
         .find(|(alias, _)| *alias == name)
@@ -185,7 +72,7 @@ fn canonical(name: &str) -> &str {
 }
 
 /// Whether librdkafka's `message` names the property `name` under any of its names.
-fn mentions(message: &str, name: &str) -> bool {
+pub(crate) fn mentions(message: &str, name: &str) -> bool {
     message.contains(name)
         || ALIASES
             .iter()
@@ -245,19 +132,6 @@ pub(super) fn settings(vars: &[(String, String)]) -> Result<KafkaSettings, Confi
                     "and {} both set librdkafka's `{name}`, differently: keep one",
                     other.variable
                 ),
-            ));
-        }
-        if let Some((_, allowed, why)) = GUARDED.iter().find(|(n, _, _)| *n == name)
-            && !allowed.contains(&value.trim())
-        {
-            let expected = if allowed.is_empty() {
-                "must not be set".to_owned()
-            } else {
-                format!("must be `{}`", allowed.join("` or `"))
-            };
-            return Err(ConfigError::new(
-                variable.clone(),
-                format!("{expected}: {why}"),
             ));
         }
         if name == "bootstrap.servers" {

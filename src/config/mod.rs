@@ -12,6 +12,7 @@ pub mod variables;
 
 pub use auth::AuthSettings;
 pub use kafka::{KafkaProperty, KafkaSettings};
+pub(crate) use kafka::{canonical, mentions};
 pub use secret::Secret;
 
 use std::net::SocketAddr;

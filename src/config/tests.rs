@@ -17,7 +17,10 @@ fn minimal() -> Vec<(&'static str, &'static str)> {
 fn error_for(extra: &[(&str, &str)]) -> ConfigError {
     let mut all = minimal();
     all.extend_from_slice(extra);
-    Settings::from_vars(vars(&all)).expect_err("configuration should be refused")
+    // Parsed, then checked as at start: some refusals are the producer's policy's.
+    Settings::from_vars(vars(&all))
+        .and_then(|settings| crate::startup::check_settings(&settings))
+        .expect_err("configuration should be refused")
 }
 
 #[test]

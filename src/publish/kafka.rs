@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 mod context;
 mod generations;
+pub mod policy;
 
 use context::Reports;
 pub use context::{Acked, BridgeContext, Delivery, KafkaProducer, Outcome};
@@ -109,7 +110,7 @@ impl KafkaPublisher {
         publish_timeout: Option<Duration>,
         stuck_base: Duration,
     ) -> Result<Self, ConfigError> {
-        let mut config = kafka.client_config(publish_timeout.unwrap_or(Duration::ZERO));
+        let mut config = policy::client_config(kafka, publish_timeout.unwrap_or(Duration::ZERO));
         if publish_timeout.is_none() {
             // Whatever KAFKA_MESSAGE_TIMEOUT_MS says: a record given up and sent again could
             // land behind a later one.
@@ -117,8 +118,8 @@ impl KafkaPublisher {
             config.set("enable.gapless.guarantee", "true");
         }
         let reports = Arc::new(Reports::default());
-        let producer =
-            new_producer(&config, &reports).map_err(|error| kafka.creation_error(error))?;
+        let producer = new_producer(&config, &reports)
+            .map_err(|error| policy::creation_error(kafka, error))?;
         let number = |name: &str, default: usize| {
             config
                 .get(name)
