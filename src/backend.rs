@@ -5,9 +5,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::publish::kafka::{KafkaPublisher, KafkaUnusable};
+use crate::publish::kafka::{KafkaPublisher, KafkaUnusable, ProducerBroken};
 use crate::publish::{PublishError, Publisher, QueueDepth};
-use crate::spool::{Spool, SpoolStatus};
+use crate::spool::{self, Spool, SpoolFatal, SpoolStatus};
+
+/// Why the backend cannot go on without a restart: liveness fails on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    #[error(transparent)]
+    Producer(ProducerBroken),
+    #[error(transparent)]
+    Spool(SpoolFatal),
+}
+
+/// What a shutdown's flush left undone.
+#[derive(Debug, thiserror::Error)]
+pub enum Unflushed {
+    /// Records queued for requests answered 503 that Kafka did not take in time.
+    #[error(transparent)]
+    Kafka(PublishError),
+    #[error(transparent)]
+    Spool(spool::Unflushed),
+    #[error("the flush was interrupted")]
+    Interrupted,
+}
 
 /// Kafka's state as a stand-in backend reports it.
 pub type KafkaProbe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -69,10 +90,10 @@ impl Backend {
 
     /// An error the backend cannot recover from by itself: liveness fails on it, so the
     /// orchestrator restarts the process instead of leaving it answering 503 forever.
-    pub fn fatal_error(&self) -> Option<String> {
+    pub fn fatal_error(&self) -> Option<Fatal> {
         match self {
-            Backend::Kafka(kafka) => kafka.fatal_error(),
-            Backend::Spool(spool) => spool.fatal_error(),
+            Backend::Kafka(kafka) => kafka.fatal_error().map(Fatal::Producer),
+            Backend::Spool(spool) => spool.fatal_error().map(Fatal::Spool),
             Backend::Custom { .. } => None,
         }
     }
@@ -113,15 +134,16 @@ impl Backend {
 
     /// Sends what is still queued (kafka mode) or drains the spool (spool mode), within
     /// `timeout`; the last step of shutdown.
-    pub async fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Unflushed> {
         match self {
             Backend::Kafka(kafka) => {
                 let kafka = kafka.clone();
-                tokio::task::spawn_blocking(move || kafka.flush(timeout))
-                    .await
-                    .unwrap_or_else(|error| Err(PublishError::Failed(error.to_string())))
+                match tokio::task::spawn_blocking(move || kafka.flush(timeout)).await {
+                    Ok(flushed) => flushed.map_err(Unflushed::Kafka),
+                    Err(_) => Err(Unflushed::Interrupted),
+                }
             }
-            Backend::Spool(spool) => spool.flush(timeout).await,
+            Backend::Spool(spool) => spool.flush(timeout).await.map_err(Unflushed::Spool),
             Backend::Custom { .. } => Ok(()),
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod options;
 
+use crate::spool::SpoolFatal;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,8 +60,8 @@ pub enum StoppedEarly {
     #[error("stopped by a signal")]
     Interrupted,
     /// The spool cannot go on without a restart's recovery (damage found while reading).
-    #[error("{0}")]
-    Failed(String),
+    #[error(transparent)]
+    Failed(SpoolFatal),
 }
 
 /// What held the records up, as far as a run can tell.

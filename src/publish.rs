@@ -89,11 +89,44 @@ pub enum PublishError {
     /// Local disk is so slow that records waiting for it hold their limit in memory.
     #[error("local storage is not keeping up: {queued} bytes of records wait for its fsync")]
     VolumeStalled { queued: u64 },
-    #[error("Kafka did not take the record: {0}")]
-    Failed(String),
+    /// Kafka did not take the record, for a reason that may pass or an operator can mend.
+    #[error("Kafka did not take the record ({code}): {0}", code = .0.code_name())]
+    Refused(refusal::Refused),
+    /// The producer is being replaced; the next one takes records.
+    #[error("the Kafka producer is being replaced")]
+    Replacing,
+    #[error("the producer closed before the broker acknowledged")]
+    ProducerClosed,
+    /// Local storage cannot take records now.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// Kafka refuses this record for good (see [`refusal`]); retrying cannot help.
     #[error("Kafka refuses this record for good ({code}): {0}", code = .0.code_name())]
     Poison(refusal::Refused),
+}
+
+/// Why local storage (the spool) cannot take a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("the spool is closed")]
+    Closed,
+    #[error("the spool writer stopped")]
+    WriterStopped,
+    /// A write or fsync failed: what is on disk is unknown until a restart recovers it.
+    #[error("the spool cannot write ({kind}): {message}")]
+    Io {
+        kind: std::io::ErrorKind,
+        message: String,
+    },
+}
+
+impl From<&std::io::Error> for StorageError {
+    fn from(error: &std::io::Error) -> Self {
+        StorageError::Io {
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
 }
 
 pub type PublishFuture<'a> =

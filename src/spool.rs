@@ -31,8 +31,8 @@ use tokio::sync::oneshot;
 
 use crate::conditions::{Condition, Conditions};
 use crate::config::SpoolSettings;
-use crate::publish::kafka::KafkaPublisher;
-use crate::publish::{PublishError, PublishFuture, Publisher, Record, Stored};
+use crate::publish::kafka::{KafkaPublisher, ProducerBroken};
+use crate::publish::{PublishError, PublishFuture, Publisher, Record, StorageError, Stored};
 use group_commit::{Append, write_loop};
 use segments::{SegmentWriter, SpoolDirError};
 use shared::Shared;
@@ -51,6 +51,31 @@ const SLOW_COMMIT: Duration = Duration::from_secs(1);
 /// stalled volume holds them all, and the requests that gave up on it would otherwise go on
 /// adding their records while their senders retry.
 const MAX_QUEUED_BYTES: u64 = 4 * MAX_BATCH_BYTES as u64;
+
+/// Records a shutdown left on disk for the next start.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{records} records stay in the spool at {}; the next start forwards them", .dir.display())]
+pub struct Unflushed {
+    pub records: u64,
+    pub dir: PathBuf,
+}
+
+/// Why the spool cannot go on without a restart (and its recovery).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolFatal {
+    /// A write or fsync failed: what is on disk is unknown until recovery reads it.
+    #[error(transparent)]
+    Storage(StorageError),
+    /// Damage met while forwarding; never skipped.
+    #[error("the spool cannot be read: {0}")]
+    Unreadable(StorageError),
+    #[error("the spool writer stopped")]
+    WriterStopped,
+    #[error("the spool forwarder stopped")]
+    ForwarderStopped,
+    #[error(transparent)]
+    Producer(ProducerBroken),
+}
 
 /// The spool: a [`Publisher`] that answers once a record is durable on local disk.
 pub struct Spool {
@@ -191,10 +216,8 @@ impl Spool {
             let limit = self.max_record_bytes;
             return Err(PublishError::TooLarge { size, limit });
         }
-        if let Some(reason) = self.shared.failure() {
-            return Err(PublishError::Failed(format!(
-                "the spool cannot write: {reason}"
-            )));
+        if let Some(failure) = self.shared.failure() {
+            return Err(PublishError::Storage(failure));
         }
         let frame = segments::encode(record, now_ms());
         let bytes = frame.len() as u64;
@@ -223,7 +246,7 @@ impl Spool {
                 shared.unanswered.fetch_sub(1, Ordering::AcqRel);
                 shared.release(bytes);
                 unqueue();
-                Err(PublishError::Failed("the spool is closed".to_owned()))
+                Err(PublishError::Storage(StorageError::Closed))
             }
         }
     }
@@ -400,7 +423,7 @@ impl Publisher for Spool {
             match tokio::time::timeout(deadline, queued?).await {
                 Ok(Ok(Ok(()))) => Ok(Stored::OnDisk),
                 Ok(Ok(Err(error))) => Err(error),
-                Ok(Err(_)) => Err(PublishError::Failed("the spool writer stopped".to_owned())),
+                Ok(Err(_)) => Err(PublishError::Storage(StorageError::WriterStopped)),
                 Err(_) => Err(PublishError::NotDurable(deadline)),
             }
         })
@@ -411,16 +434,16 @@ impl Publisher for Spool {
 impl Spool {
     /// Stops taking records and gives the forwarder until `timeout` to drain the spool; what it
     /// cannot send stays on disk for the next start.
-    pub async fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        let left = self.drain(Instant::now() + timeout).await;
-        if left == 0 {
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Unflushed> {
+        let records = self.drain(Instant::now() + timeout).await;
+        if records == 0 {
             tracing::info!("Spool drained: Kafka has every record");
             Ok(())
         } else {
-            Err(PublishError::Failed(format!(
-                "{left} records stay in the spool at {}; the next start forwards them",
-                self.dir.display()
-            )))
+            Err(Unflushed {
+                records,
+                dir: self.dir.clone(),
+            })
         }
     }
 
@@ -434,7 +457,7 @@ impl Spool {
     }
 
     /// Why the spool cannot go on without a restart (and its recovery), if it cannot.
-    pub fn fatal_error(&self) -> Option<String> {
+    pub fn fatal_error(&self) -> Option<SpoolFatal> {
         // Both threads run until shutdown takes their handles; one that ended before is a bug
         // that only a restart (and recovery) mends.
         let writer_ended = lock(&self.writer)
@@ -445,10 +468,14 @@ impl Spool {
             .is_some_and(|(_, thread)| thread.is_finished());
         self.shared
             .failure()
-            .map(|reason| format!("the spool cannot write: {reason}"))
-            .or_else(|| lock(&self.shared.forwarding_failed).clone())
-            .or_else(|| writer_ended.then(|| "the spool writer stopped".to_owned()))
-            .or_else(|| forwarder_ended.then(|| "the spool forwarder stopped".to_owned()))
-            .or_else(|| self.kafka.fatal_error())
+            .map(SpoolFatal::Storage)
+            .or_else(|| {
+                lock(&self.shared.forwarding_failed)
+                    .clone()
+                    .map(SpoolFatal::Unreadable)
+            })
+            .or_else(|| writer_ended.then_some(SpoolFatal::WriterStopped))
+            .or_else(|| forwarder_ended.then_some(SpoolFatal::ForwarderStopped))
+            .or_else(|| self.kafka.fatal_error().map(SpoolFatal::Producer))
     }
 }

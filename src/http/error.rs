@@ -68,7 +68,12 @@ impl IngressError {
                 "publish_timeout"
             }
             IngressError::NotStored(PublishError::VolumeStalled { .. }) => "volume_stalled",
-            IngressError::NotStored(PublishError::Failed(_)) => "publish_failed",
+            IngressError::NotStored(
+                PublishError::Refused(_)
+                | PublishError::Replacing
+                | PublishError::ProducerClosed
+                | PublishError::Storage(_),
+            ) => "publish_failed",
             IngressError::NotFound => "not_found",
             IngressError::MethodNotAllowed => "method_not_allowed",
         }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
+use crate::backend::Fatal;
 use crate::conditions::Conditions;
 use crate::publish::kafka::KafkaUnusable;
 use crate::spool::SpoolStatus;
@@ -14,8 +15,8 @@ use crate::spool::SpoolStatus;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
     /// Liveness failed: the process must be restarted.
-    #[error("{0}")]
-    Failed(String),
+    #[error(transparent)]
+    Failed(Fatal),
     #[error("shutting down")]
     ShuttingDown,
     #[error("the spool is full ({bytes} of {limit} bytes) until Kafka takes the backlog")]
@@ -58,7 +59,7 @@ pub struct Health {
     /// The last probe's verdict on Kafka: `None` until the first probe finishes.
     kafka: Mutex<Option<Result<(), KafkaUnusable>>>,
     queue_full: AtomicBool,
-    fatal: Mutex<Option<String>>,
+    fatal: Mutex<Option<Fatal>>,
     /// In spool mode, where the spool's status comes from: readiness then depends on its
     /// room, not on Kafka.
     spool: Option<SpoolProbe>,
@@ -140,12 +141,12 @@ impl Health {
         self.spool.as_ref().and_then(|probe| probe())
     }
 
-    pub fn set_fatal(&self, reason: String) {
+    pub fn set_fatal(&self, reason: Fatal) {
         *lock(&self.fatal) = Some(reason);
     }
 
     /// `Ok` while the process can still do its job; else why it must be restarted.
-    pub fn liveness(&self) -> Result<(), String> {
+    pub fn liveness(&self) -> Result<(), Fatal> {
         match &*lock(&self.fatal) {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
@@ -277,7 +278,7 @@ mod tests {
     fn a_fatal_producer_error_fails_liveness_and_readiness() {
         let health = Health::default();
         health.set_kafka(Ok(()));
-        health.set_fatal("Fatal: out of order sequence".into());
+        health.set_fatal(Fatal::Spool(crate::spool::SpoolFatal::WriterStopped));
         assert!(health.liveness().is_err());
         assert!(health.readiness().is_err());
     }

@@ -70,9 +70,8 @@ fn invalid_query(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error 
 async fn healthz(health: web::Data<Health>) -> HttpResponse {
     match health.liveness() {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "alive"})),
-        Err(reason) => {
-            HttpResponse::ServiceUnavailable().json(json!({"status": "failed", "reason": reason}))
-        }
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "failed", "reason": reason.to_string()})),
     }
 }
 

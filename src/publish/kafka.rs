@@ -55,6 +55,16 @@ pub enum KafkaUnusable {
     Replacing,
 }
 
+/// A producer the bridge could not replace: only a restart mends it, so liveness fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}; a new Kafka producer failed: {error}")]
+pub struct ProducerBroken {
+    /// Why the old one was being replaced.
+    pub why: String,
+    #[source]
+    pub error: KafkaError,
+}
+
 /// Why a record was not handed to a producer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -201,7 +211,7 @@ impl KafkaPublisher {
                         limit: self.max_record_bytes,
                     }
                 }
-                error => PublishError::Failed(error.to_string()),
+                error => PublishError::Refused(Refused::from(&error)),
             })),
         }
     }
@@ -308,7 +318,7 @@ impl Publisher for KafkaPublisher {
         let deadline = self.publish_timeout;
         Box::pin(async move {
             let (generation, delivery) = sent.map_err(|error| match error {
-                SendError::Replaced => PublishError::Failed(error.to_string()),
+                SendError::Replaced => PublishError::Replacing,
                 SendError::Publish(error) => error,
             })?;
             // librdkafka's own message timeout is scanned about once a second; this is the
@@ -320,9 +330,7 @@ impl Publisher for KafkaPublisher {
             let timeout = || PublishError::Timeout(deadline.unwrap_or_default());
             match outcome {
                 Err(_) => Err(timeout()),
-                Ok(Err(_closed)) => Err(PublishError::Failed(
-                    "the producer closed before the broker acknowledged".to_owned(),
-                )),
+                Ok(Err(_closed)) => Err(PublishError::ProducerClosed),
                 Ok(Ok(Ok(acked))) => Ok(Stored::Kafka {
                     partition: acked.partition,
                     offset: acked.offset,
@@ -332,9 +340,7 @@ impl Publisher for KafkaPublisher {
                     Err(match refused.verdict() {
                         _ if refused.code == RDKafkaErrorCode::MessageTimedOut => timeout(),
                         Verdict::Poison => PublishError::Poison(refused),
-                        Verdict::Operator | Verdict::Retry => {
-                            PublishError::Failed(refused.to_string())
-                        }
+                        Verdict::Operator | Verdict::Retry => PublishError::Refused(refused),
                     })
                 }
             }
@@ -350,7 +356,7 @@ impl KafkaPublisher {
             Some(current) => current
                 .producer
                 .flush(timeout)
-                .map_err(|error| PublishError::Failed(error.to_string())),
+                .map_err(|error| PublishError::Refused(Refused::from(&error))),
             None => Ok(()),
         }
     }
@@ -396,7 +402,7 @@ impl KafkaPublisher {
 
     /// An error the producer could not recover from by itself; liveness fails on it. Called by
     /// the readiness probe, so it repairs a producer librdkafka flagged fatal while idle.
-    pub fn fatal_error(&self) -> Option<String> {
+    pub fn fatal_error(&self) -> Option<ProducerBroken> {
         if let Some(generation) = self.generation() {
             // Repairs a producer librdkafka flagged fatal while idle.
             let current = self.inner.current();

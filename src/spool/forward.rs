@@ -27,10 +27,9 @@ use tokio::sync::{oneshot, watch};
 use super::Shared;
 use super::segments::{self, Entry, Position, SegmentReader};
 use crate::conditions::Condition;
-use crate::publish::PublishError;
-use crate::publish::Record;
 use crate::publish::kafka::{Delivery, KafkaPublisher, SendError};
 use crate::publish::refusal::{Refused, Verdict};
+use crate::publish::{PublishError, Record, StorageError};
 use rdkafka::error::RDKafkaErrorCode;
 
 mod set_aside;
@@ -149,7 +148,7 @@ enum Failure {
     /// The generation failed, with a reason when it is not in the window's outcomes.
     Window(Option<String>),
     /// The head record cannot be read: only a restart's recovery goes on from there.
-    Unreadable(String),
+    Unreadable(StorageError),
     /// Nothing of the window is outstanding and the head record could not be handed over.
     Send {
         reason: String,
@@ -191,9 +190,7 @@ impl<S: Sink> Forwarder<S> {
             .build()
         {
             Ok(runtime) => runtime.block_on(self.run(stop)),
-            Err(error) => self
-                .shared
-                .fail(format!("the spool forwarder cannot start: {error}")),
+            Err(error) => self.shared.fail(StorageError::from(&error)),
         }
     }
 
@@ -265,7 +262,7 @@ impl<S: Sink> Forwarding<S> {
             let (entry, after) = match self.reader.next(end) {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
-                Err(error) => return Ok(Some(Failure::Unreadable(error.to_string()))),
+                Err(error) => return Ok(Some(Failure::Unreadable(StorageError::from(&error)))),
             };
             if let Some(refused) = self.poison_head.take() {
                 match self
@@ -490,7 +487,7 @@ impl<S: Sink> Forwarding<S> {
             Failure::Unreadable(error) => {
                 // Never skipped: a restart's recovery refuses or sets the segment aside.
                 let reason = format!("the spool cannot be read: {error}");
-                self.to.shared.fail_forwarding(reason.clone());
+                self.to.shared.fail_forwarding(error);
                 (Some(reason), None)
             }
             Failure::Send { reason, refused } => (Some(reason), refused),

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::segments::{AppendError, SegmentWriter};
 use super::{MAX_BATCH_BYTES, SLOW_COMMIT, Shared, now_ms};
-use crate::publish::PublishError;
+use crate::publish::{PublishError, StorageError};
 
 /// While the volume is full, how often the writer looks whether it has room again.
 const ROOM_PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -49,7 +49,7 @@ pub(super) fn write_loop(
             }
         }
         let outcome = match shared.failure() {
-            Some(reason) => Err(AppendError::Io(std::io::Error::other(reason))),
+            Some(failure) => Err(AppendError::Io(std::io::Error::other(failure))),
             None if shared.abandoned.load(Ordering::Acquire) => Err(AppendError::Io(
                 std::io::Error::other("the bridge stopped before this record was written"),
             )),
@@ -152,14 +152,12 @@ fn settle(
             })
         }
         Err(AppendError::Io(error)) => {
-            let reason = error.to_string();
+            let failure = StorageError::from(&error);
             if shared.failure().is_none() && !shared.abandoned.load(Ordering::Acquire) {
-                shared.fail(reason.clone());
+                shared.fail(failure.clone());
             }
             shared.release(reserved);
-            Err(PublishError::Failed(format!(
-                "the spool cannot write: {reason}"
-            )))
+            Err(PublishError::Storage(failure))
         }
     };
     for append in batch.drain(..) {

@@ -12,7 +12,7 @@ use super::now_ms;
 use super::segments::{self, Position};
 use crate::conditions::{Condition, Conditions};
 use crate::locks::lock;
-use crate::publish::PublishError;
+use crate::publish::{PublishError, StorageError};
 
 /// What the probe, readiness and metrics see of the spool.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,10 +72,10 @@ pub(super) struct Shared {
     pub(super) oldest_ms: AtomicU64,
     /// Set when a write or fsync failed: the log's state on disk is unknown until a restart
     /// recovers it, so nothing more is accepted.
-    pub(super) failed: Mutex<Option<String>>,
+    pub(super) failed: Mutex<Option<StorageError>>,
     /// Set when the forwarder met damage it must not skip: only a restart's recovery (which
     /// refuses or sets the segment aside) goes on from there.
-    pub(super) forwarding_failed: Mutex<Option<String>>,
+    pub(super) forwarding_failed: Mutex<Option<StorageError>>,
     pub(super) forward_error: Mutex<Option<String>>,
     pub(super) forward_failures: Mutex<Vec<(String, u64)>>,
     pub(super) set_aside_to_deadletter: AtomicU64,
@@ -165,26 +165,26 @@ impl Shared {
         }
     }
 
-    pub(super) fn failure(&self) -> Option<String> {
+    pub(super) fn failure(&self) -> Option<StorageError> {
         lock(&self.failed).clone()
     }
 
-    pub(super) fn fail(&self, reason: String) {
+    pub(super) fn fail(&self, failure: StorageError) {
         tracing::error!(
-            reason = %reason,
+            error = %failure,
             "Spool write failed; no more events are accepted until a restart"
         );
-        *lock(&self.failed) = Some(reason);
+        *lock(&self.failed) = Some(failure);
     }
 
-    pub(super) fn fail_forwarding(&self, reason: String) {
+    pub(super) fn fail_forwarding(&self, unreadable: StorageError) {
         let mut failed = lock(&self.forwarding_failed);
         if failed.is_none() {
             tracing::error!(
-                reason = %reason,
+                error = %unreadable,
                 "Spool forwarding stopped; liveness fails so a restart recovers"
             );
-            *failed = Some(reason);
+            *failed = Some(unreadable);
         }
     }
 

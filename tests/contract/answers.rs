@@ -142,7 +142,10 @@ async fn unstored_records_are_503_with_retry_after_and_a_code_per_cause() {
             "publish_timeout",
         ),
         (
-            Answer::Fail(PublishError::Failed("broker gone".into())),
+            Answer::Fail(PublishError::Refused(Refused::new(
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+                "broker gone",
+            ))),
             "publish_failed",
         ),
         (
@@ -238,7 +241,7 @@ async fn a_refused_event_whose_dead_letter_may_still_be_stored_is_503_not_4xx() 
     let passing = [
         PublishError::Timeout(Duration::from_secs(5)),
         PublishError::QueueFull,
-        PublishError::Failed("the Kafka producer is being replaced".into()),
+        PublishError::Replacing,
     ];
     for error in passing {
         app.recorder.script([

@@ -41,7 +41,7 @@ pub(super) struct Inner {
     pub(super) scheduled: std::sync::atomic::AtomicBool,
     pub(super) reports: Arc<Reports>,
     /// Set when a new producer could not be created: only a restart mends that.
-    pub(super) broken: Mutex<Option<String>>,
+    pub(super) broken: Mutex<Option<super::ProducerBroken>>,
     /// Since when records have been waiting with no acknowledgement, and the count of
     /// acknowledgements then.
     pub(super) stalled: Mutex<Option<Stall>>,
@@ -97,9 +97,12 @@ impl Inner {
                 );
             }
             Err(error) => {
-                let reason = format!("{why}; a new Kafka producer failed: {error}");
-                tracing::error!("{reason}");
-                *lock(&self.broken) = Some(reason);
+                let broken = super::ProducerBroken {
+                    why: why.to_owned(),
+                    error,
+                };
+                tracing::error!(error = %broken, "The Kafka producer could not be replaced");
+                *lock(&self.broken) = Some(broken);
             }
         }
     }

@@ -115,7 +115,7 @@ impl Sink for FakeSink {
             return Err(SendError::Replaced);
         }
         if kafka.dead {
-            return Err(SendError::Publish(PublishError::Failed("fatal".into())));
+            return Err(SendError::Publish(PublishError::ProducerClosed));
         }
         let (reply, delivery) = oneshot::channel();
         let id = id_of(record);
