@@ -44,39 +44,62 @@ pub enum IngressError {
 const RETRY_AFTER_OVERLOADED: u32 = 1;
 const RETRY_AFTER_UNAVAILABLE: u32 = 5;
 
-impl IngressError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            IngressError::Unauthorized => "unauthorized",
-            IngressError::PayloadTooLarge { .. } => "payload_too_large",
-            IngressError::UnreadableBody(_) => "unreadable_body",
-            IngressError::BodyTimeout(_) => "request_timeout",
-            IngressError::Rejected(rejection) => rejection.code(),
-            IngressError::Overloaded => "overloaded",
-            IngressError::NotStored(PublishError::QueueFull) => "queue_full",
-            IngressError::NotStored(PublishError::TooLarge { .. }) => "payload_too_large",
-            IngressError::NotStored(PublishError::Poison(refused))
-            | IngressError::RefusedByKafka { refused, .. }
-                if refused.is_too_large() =>
-            {
-                "payload_too_large"
-            }
-            IngressError::NotStored(PublishError::Poison(_))
-            | IngressError::RefusedByKafka { .. } => "refused_by_kafka",
-            IngressError::NotStored(PublishError::DiskFull { .. }) => "spool_full",
-            IngressError::NotStored(PublishError::Timeout(_) | PublishError::NotDurable(_)) => {
-                "publish_timeout"
-            }
-            IngressError::NotStored(PublishError::VolumeStalled { .. }) => "volume_stalled",
-            IngressError::NotStored(
-                PublishError::Refused(_)
-                | PublishError::Replacing
-                | PublishError::ProducerClosed
-                | PublishError::Storage(_),
-            ) => "publish_failed",
-            IngressError::NotFound => "not_found",
-            IngressError::MethodNotAllowed => "method_not_allowed",
+/// How an ingress failure is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub code: &'static str,
+    /// Seconds, on a 503.
+    pub retry_after: Option<u32>,
+}
+
+impl Answer {
+    const fn new(status: StatusCode, code: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            retry_after: None,
         }
+    }
+
+    const fn retry(code: &'static str, seconds: u32) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            retry_after: Some(seconds),
+        }
+    }
+}
+
+impl IngressError {
+    /// The one mapping from a failure to its status, code and `Retry-After`.
+    pub fn answer(&self) -> Answer {
+        use IngressError::*;
+        match self {
+            Unauthorized => Answer::new(StatusCode::UNAUTHORIZED, "unauthorized"),
+            PayloadTooLarge { .. } | NotStored(PublishError::TooLarge { .. }) => too_large(),
+            UnreadableBody(_) => Answer::new(StatusCode::BAD_REQUEST, "unreadable_body"),
+            BodyTimeout(_) => Answer::new(StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Rejected(rejection) if rejection.is_malformed() => {
+                Answer::new(StatusCode::BAD_REQUEST, rejection.code())
+            }
+            Rejected(rejection) => Answer::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.code()),
+            // Kafka will never take it: a 4xx, so that the sender does not retry forever.
+            NotStored(PublishError::Poison(refused)) | RefusedByKafka { refused, .. } => {
+                match refused.is_too_large() {
+                    true => too_large(),
+                    false => Answer::new(StatusCode::UNPROCESSABLE_ENTITY, "refused_by_kafka"),
+                }
+            }
+            Overloaded => Answer::retry("overloaded", RETRY_AFTER_OVERLOADED),
+            NotStored(error) => not_stored(error),
+            NotFound => Answer::new(StatusCode::NOT_FOUND, "not_found"),
+            MethodNotAllowed => Answer::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.answer().code
     }
 
     /// Refusals that may come before the body is read.
@@ -90,55 +113,40 @@ impl IngressError {
                 | IngressError::UnreadableBody(_)
         )
     }
+}
 
-    fn retry_after(&self) -> Option<u32> {
-        match self {
-            IngressError::Overloaded
-            | IngressError::NotStored(
-                PublishError::QueueFull | PublishError::VolumeStalled { .. },
-            ) => Some(RETRY_AFTER_OVERLOADED),
-            IngressError::NotStored(PublishError::TooLarge { .. } | PublishError::Poison(_)) => {
-                None
-            }
-            IngressError::NotStored(_) => Some(RETRY_AFTER_UNAVAILABLE),
-            _ => None,
+fn too_large() -> Answer {
+    Answer::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+}
+
+/// A record not stored for a reason that may pass: 503, the sender retries.
+fn not_stored(error: &PublishError) -> Answer {
+    match error {
+        PublishError::QueueFull => Answer::retry("queue_full", RETRY_AFTER_OVERLOADED),
+        PublishError::VolumeStalled { .. } => {
+            Answer::retry("volume_stalled", RETRY_AFTER_OVERLOADED)
         }
+        PublishError::DiskFull { .. } => Answer::retry("spool_full", RETRY_AFTER_UNAVAILABLE),
+        PublishError::Timeout(_) | PublishError::NotDurable(_) => {
+            Answer::retry("publish_timeout", RETRY_AFTER_UNAVAILABLE)
+        }
+        PublishError::TooLarge { .. } => too_large(),
+        PublishError::Poison(_)
+        | PublishError::Refused(_)
+        | PublishError::Replacing
+        | PublishError::ProducerClosed
+        | PublishError::Storage(_) => Answer::retry("publish_failed", RETRY_AFTER_UNAVAILABLE),
     }
 }
 
 impl ResponseError for IngressError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
-            IngressError::PayloadTooLarge { .. }
-            | IngressError::NotStored(PublishError::TooLarge { .. }) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            // Kafka will never take it: a 4xx, so that the sender does not retry forever.
-            IngressError::NotStored(PublishError::Poison(refused))
-            | IngressError::RefusedByKafka { refused, .. }
-                if refused.is_too_large() =>
-            {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            IngressError::NotStored(PublishError::Poison(_))
-            | IngressError::RefusedByKafka { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            IngressError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
-            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            IngressError::Rejected(rejection) if rejection.is_malformed() => {
-                StatusCode::BAD_REQUEST
-            }
-            IngressError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            IngressError::Overloaded | IngressError::NotStored(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            IngressError::NotFound => StatusCode::NOT_FOUND,
-            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        }
+        self.answer().status
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let answer = self.answer();
+        let mut body = json!({"error": {"code": answer.code, "message": self.to_string()}});
         match self {
             IngressError::Rejected(_) => body["deadLettered"] = json!(true),
             IngressError::RefusedByKafka { dead_lettered, .. } => {
@@ -146,13 +154,13 @@ impl ResponseError for IngressError {
             }
             _ => {}
         }
-        let mut response = HttpResponse::build(self.status_code());
+        let mut response = HttpResponse::build(answer.status);
         if self.leaves_body_unread() {
             // Keeping the connection would mean reading (and buffering) the rest of a body
             // nobody wants: close it instead, so a refused sender costs nothing more.
             response.force_close();
         }
-        if let Some(seconds) = self.retry_after() {
+        if let Some(seconds) = answer.retry_after {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
         }
         match self {
