@@ -138,7 +138,10 @@ async fn redrive_quarantine(
         Err(_) => HttpResponse::ServiceUnavailable(),
     };
     if let Some(body) = body.as_object_mut() {
-        body.insert("error".to_owned(), json!(result.err()));
+        body.insert(
+            "error".to_owned(),
+            json!(result.err().map(|e| e.to_string())),
+        );
     }
     response.json(body)
 }

@@ -35,8 +35,8 @@ use rdkafka::error::RDKafkaErrorCode;
 mod set_aside;
 mod window;
 
-use set_aside::NotSetAside;
 pub(crate) use set_aside::SetAsideTo;
+use set_aside::{NotSetAside, SetAsideFailure};
 use window::{Pending, Window};
 
 /// Records handed to the producer and not yet acknowledged, at most.
@@ -155,7 +155,7 @@ enum Failure {
         refused: Option<Refused>,
     },
     /// The head record, refused for good, could not be set aside yet.
-    SetAside(String),
+    SetAside(set_aside::SetAsideError),
 }
 
 /// How a step ended: go on, or stop as told.
@@ -336,14 +336,12 @@ impl<S: Sink> Forwarding<S> {
                 Ok(None)
             }
             Err(NotSetAside::Stopping) => Err(Stopped),
-            Err(NotSetAside::Failed(reason)) => {
+            Err(NotSetAside::Failed(error)) => {
                 self.poison_head = Some(refused);
-                Ok(Some(Failure::SetAside(reason)))
-            }
-            Err(NotSetAside::QuarantineFailed { reason, by_topic }) => {
-                self.poison_head = Some(refused);
-                self.letter_refused = Some(by_topic);
-                Ok(Some(Failure::SetAside(reason)))
+                if let SetAsideFailure::Quarantine { by_topic, .. } = &error.why {
+                    self.letter_refused = Some(by_topic.clone());
+                }
+                Ok(Some(Failure::SetAside(error)))
             }
         }
     }
@@ -481,7 +479,8 @@ impl<S: Sink> Forwarding<S> {
     /// decided; then a backoff unless sending again at once is what finds a refused record.
     async fn recover(&mut self, failure: Failure) -> Step {
         let (reason, refused) = match failure {
-            Failure::SetAside(reason) => {
+            Failure::SetAside(error) => {
+                let reason = error.to_string();
                 return self.hold_up(Some(Condition::SetAsideFailing), reason).await;
             }
             Failure::Unreadable(error) => {

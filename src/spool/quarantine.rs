@@ -15,11 +15,31 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::segments::{self, Entry, Position, SegmentReader, SegmentWriter};
+use super::segments::{self, AppendError, Entry, Position, SegmentReader, SegmentWriter};
 use super::{Shared, Spool, lock};
 use crate::event::Normalizer;
-use crate::publish::{Publisher, Record};
+use crate::publish::{PublishError, Publisher, Record};
 use crate::redrive::{Summary, refusal_code, renormalize};
+
+/// Why the quarantine could not take or give up records.
+#[derive(Debug, thiserror::Error)]
+pub enum QuarantineError {
+    #[error("the quarantine at {} cannot be created: {source}", .path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the quarantine at {} cannot be written: {source}", .path.display())]
+    Write { path: PathBuf, source: AppendError },
+    #[error("{} cannot be removed: {source}", .path.display())]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A re-drive stopped: the spool took no more for now.
+    #[error("the spool took no more: {0}")]
+    SpoolTookNoMore(PublishError),
+}
 
 /// A quarantine file rolls to the next past this size: a re-drive holds one file's records in
 /// memory at a time, so this bounds what it holds (a spool may quarantine up to its limit).
@@ -56,32 +76,34 @@ impl Quarantine {
     }
 
     /// Appends `letters` durably, each with when the spool accepted it.
-    pub(super) fn append(&self, letters: &[(&Record, u64)]) -> Result<(), String> {
+    pub(super) fn append(&self, letters: &[(&Record, u64)]) -> Result<(), QuarantineError> {
         let mut files = lock(&self.files);
         let files = &mut *files;
-        if files.writer.is_none() {
-            segments::create_dir_durably(&self.dir).map_err(|e| {
-                format!(
-                    "the quarantine at {} cannot be created: {e}",
-                    self.dir.display()
-                )
-            })?;
-            let first = files.next.max(next_segment(&self.dir));
-            files.writer = Some(SegmentWriter::new(&self.dir, first, SEGMENT_BYTES));
-        }
-        let Some(writer) = files.writer.as_mut() else {
-            return Err("no quarantine writer".to_owned());
+        let writer = match &mut files.writer {
+            Some(writer) => writer,
+            None => {
+                segments::create_dir_durably(&self.dir).map_err(|source| {
+                    QuarantineError::Create {
+                        path: self.dir.clone(),
+                        source,
+                    }
+                })?;
+                let first = files.next.max(next_segment(&self.dir));
+                files
+                    .writer
+                    .insert(SegmentWriter::new(&self.dir, first, SEGMENT_BYTES))
+            }
         };
         let frames: Vec<u8> = letters
             .iter()
             .flat_map(|(letter, accepted_ms)| segments::encode(letter, *accepted_ms))
             .collect();
-        let (_, grown) = writer.append(&frames).map_err(|error| {
-            format!(
-                "the quarantine at {} cannot be written: {error}",
-                self.dir.display()
-            )
-        })?;
+        let (_, grown) = writer
+            .append(&frames)
+            .map_err(|source| QuarantineError::Write {
+                path: self.dir.clone(),
+                source,
+            })?;
         self.shared.grow_quarantine(grown);
         Ok(())
     }
@@ -100,9 +122,12 @@ impl Quarantine {
     }
 
     /// Removes `path`, whose records are re-driven or appended again.
-    fn remove(&self, path: &Path) -> Result<(), String> {
+    fn remove(&self, path: &Path) -> Result<(), QuarantineError> {
         let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
-        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(|source| QuarantineError::Remove {
+            path: path.to_owned(),
+            source,
+        })?;
         let _ = segments::sync_dir(&self.dir);
         self.shared.shrink_quarantine(bytes);
         Ok(())
@@ -187,7 +212,7 @@ impl Spool {
         &self,
         normalizer: &Normalizer,
         dry_run: bool,
-    ) -> (Summary, Result<(), String>) {
+    ) -> (Summary, Result<(), QuarantineError>) {
         let quarantine = &self.quarantine;
         let _one = quarantine.redriving.lock().await;
         let mut summary = Summary::default();
@@ -219,7 +244,7 @@ impl Spool {
                             }
                             None => {
                                 summary.read -= 1;
-                                stopped = Some(format!("the spool took no more: {error}"));
+                                stopped = Some(QuarantineError::SpoolTookNoMore(error));
                                 kept.push(entry);
                             }
                         },

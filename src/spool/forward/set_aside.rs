@@ -11,7 +11,9 @@ use tokio::sync::oneshot;
 use super::{Forwarder, Sink, accepted_at};
 use crate::event::set_aside::set_aside;
 use crate::publish::Record;
+use crate::publish::kafka::SendError;
 use crate::publish::refusal::{Refused, Verdict};
+use crate::spool::quarantine::QuarantineError;
 use crate::spool::segments::Entry;
 
 /// How long a dead letter may take to be acknowledged before the attempt counts as failed.
@@ -27,12 +29,33 @@ pub(crate) enum SetAsideTo {
 /// Why a record could not be set aside yet; it stays at the head.
 pub(super) enum NotSetAside {
     Stopping,
-    Failed(String),
+    Failed(SetAsideError),
+}
+
+/// A set-aside that failed, for readiness and the log.
+#[derive(Debug, thiserror::Error)]
+#[error("event {id}, refused by Kafka for good, could not be set aside: {why}")]
+pub(super) struct SetAsideError {
+    pub(super) id: String,
+    pub(super) why: SetAsideFailure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SetAsideFailure {
+    #[error("its dead letter could not be handed over: {0}")]
+    HandOver(SendError),
+    #[error("the producer closed before it reported on the dead letter")]
+    ProducerClosed,
+    #[error("the dead-letter topic did not acknowledge it within {0:?}")]
+    NotAcknowledged(Duration),
+    #[error("the dead-letter topic did not take it ({code}): {0}", code = .0.code_name())]
+    RefusedByTopic(Refused),
     /// The dead-letter topic refused it for good and the quarantine could not take it: the
     /// next attempt goes straight to the quarantine, with no letter sent again.
-    QuarantineFailed {
-        reason: String,
+    #[error("the dead-letter topic refused it too ({code}), and {error}", code = .by_topic.code_name())]
+    Quarantine {
         by_topic: Refused,
+        error: QuarantineError,
     },
 }
 
@@ -78,20 +101,17 @@ impl<S: Sink> Forwarder<S> {
             None => SetAsideTo::DeadLetterTopic,
             Some(why) if why.verdict() == Verdict::Poison => {
                 if let Err(error) = self.quarantine.append(&[(&letter, entry.accepted_ms)]) {
-                    return Err(NotSetAside::QuarantineFailed {
-                        reason: format!(
-                            "event {id}, refused by Kafka for good, could not be set aside: the dead-letter topic refused it too, and {error}"
-                        ),
+                    let why = SetAsideFailure::Quarantine {
                         by_topic: why,
-                    });
+                        error,
+                    };
+                    return Err(NotSetAside::Failed(SetAsideError { id, why }));
                 }
                 SetAsideTo::Quarantine
             }
             Some(why) => {
-                return Err(NotSetAside::Failed(format!(
-                    "event {id}, refused by Kafka for good, could not be set aside: the dead-letter topic did not take it ({}): {why}",
-                    why.code_name()
-                )));
+                let why = SetAsideFailure::RefusedByTopic(why);
+                return Err(NotSetAside::Failed(SetAsideError { id, why }));
             }
         };
         let reason = format!(
@@ -114,15 +134,16 @@ impl<S: Sink> Forwarder<S> {
         stop: &mut oneshot::Receiver<()>,
     ) -> Result<Option<Refused>, NotSetAside> {
         let id = letter.header(headers::ID).unwrap_or_default();
-        let failed = |why: String| {
-            NotSetAside::Failed(format!(
-                "event {id}, refused by Kafka for good, could not be set aside: {why}"
-            ))
+        let failed = |why| {
+            NotSetAside::Failed(SetAsideError {
+                id: id.to_owned(),
+                why,
+            })
         };
         let delivery = self
             .sink
             .send(letter, generation)
-            .map_err(|error| failed(error.to_string()))?;
+            .map_err(|error| failed(SetAsideFailure::HandOver(error)))?;
         tokio::select! {
             // An outcome that is there wins over a stop: a dead letter taken is not set aside
             // again after the restart.
@@ -130,12 +151,10 @@ impl<S: Sink> Forwarder<S> {
             outcome = tokio::time::timeout(DEAD_LETTER_WAIT, delivery) => match outcome {
                 Ok(Ok(Ok(_))) => Ok(None),
                 Ok(Ok(Err(refused))) => Ok(Some(refused)),
-                Ok(Err(_)) => Err(failed("the producer closed".to_owned())),
+                Ok(Err(_)) => Err(failed(SetAsideFailure::ProducerClosed)),
                 Err(_) => {
                     self.sink.replace(generation, "a dead letter was not acknowledged in time");
-                    Err(failed(format!(
-                        "the dead-letter topic did not acknowledge it within {DEAD_LETTER_WAIT:?}"
-                    )))
+                    Err(failed(SetAsideFailure::NotAcknowledged(DEAD_LETTER_WAIT)))
                 }
             },
             _ = stop => Err(NotSetAside::Stopping),
