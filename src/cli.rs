@@ -158,21 +158,24 @@ async fn redrive(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (summary, result) = match &options.source {
+    let (summary, result): (_, Result<(), Box<dyn std::error::Error>>) = match &options.source {
         Source::Topic(range) => {
             let settings = match settings() {
                 Ok(settings) => settings,
                 Err(code) => return code,
             };
             let mut out = std::io::stdout();
-            crate::redrive::topic::run(&settings, &options, range, &mut out).await
+            let (summary, result) =
+                crate::redrive::topic::run(&settings, &options, range, &mut out).await;
+            (summary, result.map_err(Into::into))
         }
         Source::Quarantine => {
             let port = client::admin_port();
             let dry_run = options.dry_run;
-            tokio::task::spawn_blocking(move || quarantine::ask(&port, dry_run))
-                .await
-                .unwrap_or_else(|error| (Default::default(), Err(error.to_string())))
+            match tokio::task::spawn_blocking(move || quarantine::ask(&port, dry_run)).await {
+                Ok((summary, result)) => (summary, result.map_err(Into::into)),
+                Err(interrupted) => (Default::default(), Err(interrupted.into())),
+            }
         }
     };
     println!("{summary}");

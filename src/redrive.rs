@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::event::{Normalizer, Receipt, is_traceparent};
-use crate::omnichat::Webhook;
+use crate::omnichat::{Rejection, Webhook};
 use crate::publish::{PublishError, Record};
 
 /// Normalizes the body a dead letter carries, with what its headers kept of the request.
@@ -34,8 +34,8 @@ pub fn renormalize(
     normalizer: &Normalizer,
     letter: &Record,
     fallback_received_at: OffsetDateTime,
-) -> Result<Record, String> {
-    let webhook = Webhook::parse(&letter.value).map_err(|rejection| rejection.code().to_owned())?;
+) -> Result<Record, Rejection> {
+    let webhook = Webhook::parse(&letter.value)?;
     let received_at = letter
         .header(headers::RECEIVED_AT)
         .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
@@ -61,6 +61,44 @@ pub fn refusal_code(error: &PublishError) -> Option<String> {
         PublishError::Poison(refused) => Some(format!("kafka_{}", refused.code_name())),
         _ => None,
     }
+}
+
+/// Why a re-drive stopped before its end. What was settled before it is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    #[error(transparent)]
+    Settings(#[from] crate::config::ConfigError),
+    #[error("cannot create the Kafka consumer: {0}")]
+    Consumer(#[source] rdkafka::error::KafkaError),
+    #[error("Kafka is not reachable: {0}")]
+    Unreachable(#[source] rdkafka::error::KafkaError),
+    #[error("the dead-letter topic {0} does not exist")]
+    NoTopic(String),
+    #[error("cannot read the group's position: {0}")]
+    Position(#[source] rdkafka::error::KafkaError),
+    #[error("reading {topic}: {source}")]
+    Read {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("Kafka sent nothing for {silence:?} while {topic} was read")]
+    Silent {
+        topic: String,
+        silence: std::time::Duration,
+    },
+    #[error(
+        "the event of dead letter [{partition}]@{offset} was not stored: {source}; what came \
+         before it is committed, run again"
+    )]
+    NotStored {
+        partition: i32,
+        offset: i64,
+        #[source]
+        source: PublishError,
+    },
+    #[error("cannot commit the group's position: {0}")]
+    Commit(#[source] rdkafka::error::KafkaError),
 }
 
 /// What a run did, printed at its end.
@@ -179,8 +217,8 @@ mod tests {
         let mut bad = letter(&[]);
         bad.value = b"{\"objectId\":1}".to_vec();
         assert_eq!(
-            renormalize(&normalizer(), &bad, OffsetDateTime::UNIX_EPOCH),
-            Err("invalid_field".to_owned())
+            renormalize(&normalizer(), &bad, OffsetDateTime::UNIX_EPOCH).map_err(|r| r.code()),
+            Err("invalid_field")
         );
     }
 }

@@ -11,12 +11,32 @@ pub fn admin_port() -> String {
     admin.rsplit(':').next().unwrap_or("9090").to_owned()
 }
 
+/// Why the admin port gave no answer to read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("`{0}` is not a port")]
+    NotAPort(String),
+    #[error("no bridge answers on 127.0.0.1:{port}: {source}")]
+    NoAnswer {
+        port: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not an HTTP answer: {0}")]
+    NotHttp(String),
+}
+
 /// Sends `method path` to 127.0.0.1:`port` and returns the status and the body.
-pub fn call(port: &str, method: &str, path: &str, wait: Duration) -> Result<(u16, String), String> {
+pub fn call(
+    port: &str,
+    method: &str,
+    path: &str,
+    wait: Duration,
+) -> Result<(u16, String), ClientError> {
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|_| ClientError::NotAPort(port.to_owned()))?;
     let exchange = || -> std::io::Result<String> {
-        let address = format!("127.0.0.1:{port}")
-            .parse()
-            .map_err(|_| std::io::Error::other(format!("`{port}` is not a port")))?;
         let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(wait))?;
         write!(
@@ -27,19 +47,16 @@ pub fn call(port: &str, method: &str, path: &str, wait: Duration) -> Result<(u16
         stream.read_to_string(&mut answer)?;
         Ok(answer)
     };
-    let answer =
-        exchange().map_err(|error| format!("no bridge answers on 127.0.0.1:{port}: {error}"))?;
+    let answer = exchange().map_err(|source| ClientError::NoAnswer {
+        port: port.to_owned(),
+        source,
+    })?;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP answer: {}",
-                head.lines().next().unwrap_or_default()
-            )
-        })?;
+        .ok_or_else(|| ClientError::NotHttp(head.lines().next().unwrap_or_default().to_owned()))?;
     Ok((status, body.to_owned()))
 }
 
@@ -69,7 +86,7 @@ mod tests {
         let (port, server) =
             answering("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}");
         let answer = call(&port, "GET", "/readyz", Duration::from_secs(2));
-        assert_eq!(answer, Ok((503, "{}".to_owned())));
+        assert_eq!(answer.expect("answered"), (503, "{}".to_owned()));
         assert!(
             server
                 .join()
@@ -87,7 +104,7 @@ mod tests {
             .port()
             .to_string();
         let error = call(&port, "GET", "/readyz", Duration::from_secs(1)).expect_err("closed");
-        assert!(error.contains(&port), "{error}");
+        assert!(error.to_string().contains(&port), "{error}");
         let (port, _server) = answering("SSH-2.0-OpenSSH\r\n\r\n");
         assert!(call(&port, "GET", "/readyz", Duration::from_secs(2)).is_err());
     }

@@ -19,6 +19,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
+use super::RedriveError;
 use super::options::{Options, Range};
 use super::{Summary, refusal_code, renormalize};
 use crate::config::Settings;
@@ -48,7 +49,7 @@ pub async fn run(
     options: &Options,
     range: &Range,
     out: &mut (impl Write + Send),
-) -> (Summary, Result<(), String>) {
+) -> (Summary, Result<(), RedriveError>) {
     let mut summary = Summary::default();
     let result = match Run::new(settings, options, range) {
         Ok(mut run) => {
@@ -76,14 +77,13 @@ struct Run<'s> {
 }
 
 impl<'s> Run<'s> {
-    fn new(settings: &Settings, options: &Options, range: &'s Range) -> Result<Self, String> {
+    fn new(settings: &Settings, options: &Options, range: &'s Range) -> Result<Self, RedriveError> {
         let topic = settings.topics.deadletter.to_string();
         let consumer = consumer(settings, &options.group)?;
-        let publisher = KafkaPublisher::new(&settings.kafka, settings.publish_timeout)
-            .map_err(|error| error.to_string())?;
+        let publisher = KafkaPublisher::new(&settings.kafka, settings.publish_timeout)?;
         let metadata = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(|error| format!("Kafka is not reachable: {error}"))?;
+            .map_err(RedriveError::Unreachable)?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -91,7 +91,7 @@ impl<'s> Run<'s> {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(format!("the dead-letter topic {topic} does not exist"));
+            return Err(RedriveError::NoTopic(topic));
         }
         let mut list = TopicPartitionList::new();
         for partition in &partitions {
@@ -99,7 +99,7 @@ impl<'s> Run<'s> {
         }
         let committed: HashMap<i32, i64> = consumer
             .committed_offsets(list.clone(), Duration::from_secs(10))
-            .map_err(|error| format!("cannot read the group's position: {error}"))?
+            .map_err(RedriveError::Position)?
             .elements()
             .iter()
             .filter_map(|e| match e.offset() {
@@ -117,11 +117,17 @@ impl<'s> Run<'s> {
                 false => Offset::Beginning,
             };
             list.set_partition_offset(&topic, *partition, start)
-                .map_err(|error| error.to_string())?;
+                .map_err(|source| RedriveError::Read {
+                    topic: topic.clone(),
+                    source,
+                })?;
         }
         consumer
             .assign(&list)
-            .map_err(|error| format!("cannot read {topic}: {error}"))?;
+            .map_err(|source| RedriveError::Read {
+                topic: topic.clone(),
+                source,
+            })?;
         Ok(Self {
             topic,
             consumer,
@@ -139,7 +145,7 @@ impl<'s> Run<'s> {
         &mut self,
         summary: &mut Summary,
         out: &mut (impl Write + Send),
-    ) -> Result<(), String> {
+    ) -> Result<(), RedriveError> {
         let mut open: BTreeSet<i32> = self.partitions.iter().copied().collect();
         let mut pending: VecDeque<Pending<'_>> = VecDeque::new();
         let mut progress = Instant::now();
@@ -149,16 +155,21 @@ impl<'s> Run<'s> {
             while !open.is_empty() {
                 let message = match tokio::time::timeout(SILENCE, self.consumer.recv()).await {
                     Err(_) => {
-                        return Err(format!(
-                            "Kafka sent nothing for {SILENCE:?} while {} was read",
-                            self.topic
-                        ));
+                        return Err(RedriveError::Silent {
+                            topic: self.topic.clone(),
+                            silence: SILENCE,
+                        });
                     }
                     Ok(Err(KafkaError::PartitionEOF(partition))) => {
                         open.remove(&partition);
                         continue;
                     }
-                    Ok(Err(error)) => return Err(format!("reading {}: {error}", self.topic)),
+                    Ok(Err(source)) => {
+                        return Err(RedriveError::Read {
+                            topic: self.topic.clone(),
+                            source,
+                        });
+                    }
                     Ok(Ok(message)) => message,
                 };
                 let (partition, offset) = (message.partition(), message.offset());
@@ -191,11 +202,12 @@ impl<'s> Run<'s> {
                         .unwrap_or_else(OffsetDateTime::now_utc);
                     let at = format!("{}[{partition}]@{offset}", self.topic);
                     match renormalize(&self.normalizer, &letter, fallback) {
-                        Err(code) => {
+                        Err(rejection) => {
+                            let code = rejection.code();
                             if self.dry_run {
                                 let _ = writeln!(out, "{at}: still fails: {code}");
                             }
-                            summary.fail(code);
+                            summary.fail(code.to_owned());
                         }
                         Ok(event) if self.dry_run => {
                             let _ = writeln!(
@@ -237,7 +249,7 @@ impl<'s> Run<'s> {
     }
 
     /// Commits what is settled, forward only, when this run keeps the group's position.
-    fn commit(&self) -> Result<(), String> {
+    fn commit(&self) -> Result<(), RedriveError> {
         if self.dry_run || !self.range.keeps_position() {
             return Ok(());
         }
@@ -245,7 +257,7 @@ impl<'s> Run<'s> {
         for (partition, next) in &self.settled {
             if self.committed.get(partition).is_none_or(|old| next > old) {
                 list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next))
-                    .map_err(|error| error.to_string())?;
+                    .map_err(RedriveError::Commit)?;
             }
         }
         if list.count() == 0 {
@@ -253,7 +265,7 @@ impl<'s> Run<'s> {
         }
         self.consumer
             .commit(&list, CommitMode::Sync)
-            .map_err(|error| format!("cannot commit the group's position: {error}"))
+            .map_err(RedriveError::Commit)
     }
 }
 
@@ -262,7 +274,7 @@ async fn settle(
     item: Option<Pending<'_>>,
     summary: &mut Summary,
     settled: &mut HashMap<i32, i64>,
-) -> Result<(), String> {
+) -> Result<(), RedriveError> {
     let Some(item) = item else { return Ok(()) };
     if let Some(publish) = item.publish {
         match publish.await {
@@ -270,11 +282,11 @@ async fn settle(
             Err(error) => match refusal_code(&error) {
                 Some(code) => summary.fail(code),
                 None => {
-                    return Err(format!(
-                        "the event of dead letter [{}]@{} was not stored: {error}; what came \
-                         before it is committed, run again",
-                        item.partition, item.offset
-                    ));
+                    return Err(RedriveError::NotStored {
+                        partition: item.partition,
+                        offset: item.offset,
+                        source: error,
+                    });
                 }
             },
         }
@@ -285,7 +297,7 @@ async fn settle(
 
 /// The consumer of the dead-letter topic: the operator's `KAFKA_*` properties (brokers,
 /// security), no automatic commits, and an end-of-partition signal so a run knows it is done.
-fn consumer(settings: &Settings, group: &str) -> Result<StreamConsumer, String> {
+fn consumer(settings: &Settings, group: &str) -> Result<StreamConsumer, RedriveError> {
     let mut config = ClientConfig::new();
     config.set("client.id", "omnichat-bridge-redrive");
     for property in &settings.kafka.properties {
@@ -299,9 +311,7 @@ fn consumer(settings: &Settings, group: &str) -> Result<StreamConsumer, String> 
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    config
-        .create()
-        .map_err(|error| format!("cannot create the Kafka consumer: {error}"))
+    config.create().map_err(RedriveError::Consumer)
 }
 
 /// Properties a consumer shares with the bridge's producer: connection, security and client

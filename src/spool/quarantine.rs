@@ -228,8 +228,8 @@ impl Spool {
                 summary.read += 1;
                 let accepted = super::forward::accepted_at(&entry);
                 match renormalize(normalizer, &entry.record, accepted) {
-                    Err(code) => {
-                        summary.fail(code);
+                    Err(rejection) => {
+                        summary.fail(rejection.code().to_owned());
                         kept.push(entry);
                     }
                     Ok(_) if dry_run => {
