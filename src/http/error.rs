@@ -17,7 +17,7 @@ pub enum IngressError {
     #[error("the body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the body could not be read: {0}")]
-    UnreadableBody(String),
+    UnreadableBody(#[source] actix_web::error::PayloadError),
     #[error("the body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
     /// The body was dead-lettered and the sender told why.

@@ -427,7 +427,7 @@ async fn read_body(
         while let Some(chunk) =
             std::future::poll_fn(|cx| Pin::new(&mut payload).poll_next(cx)).await
         {
-            let chunk = chunk.map_err(|error| IngressError::UnreadableBody(error.to_string()))?;
+            let chunk = chunk.map_err(IngressError::UnreadableBody)?;
             if body.len() + chunk.len() > limit {
                 return Err(IngressError::PayloadTooLarge { limit });
             }
