@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::conditions::{Condition, Conditions};
 use crate::config::Topics;
@@ -98,189 +98,185 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Every metric's name (after the `omnichat_bridge_` prefix) and help, in one table.
+const HELP: &[(&str, &str)] = &[
+    (
+        "spool_records",
+        "Records accepted into the spool and not yet acknowledged by Kafka",
+    ),
+    (
+        "spool_bytes",
+        "Bytes of the spool's files on disk, counted against BRIDGE_SPOOL_MAX_BYTES",
+    ),
+    (
+        "spool_limit_bytes",
+        "BRIDGE_SPOOL_MAX_BYTES: above it, webhooks are answered 503",
+    ),
+    (
+        "spool_quarantine_bytes",
+        "Bytes in the spool's quarantine (counted in spool_bytes): records set aside there and damaged segments; POST /quarantine/redrive re-drives the records",
+    ),
+    (
+        "spool_oldest_record_age_seconds",
+        "Age of the oldest spooled record not yet acknowledged by Kafka; 0 when none",
+    ),
+    (
+        "spool_forwarded_records",
+        "Spooled records acknowledged by Kafka (its rate is the forward rate)",
+    ),
+    (
+        "spool_commits",
+        "Group commits: one write and fdatasync answering every request waiting for it",
+    ),
+    (
+        "spool_commit_seconds",
+        "Time spent in group commits; divided by spool_commits, the fsync latency",
+    ),
+    (
+        "spool_set_aside_records",
+        "Spooled records Kafka refused for good, set aside: to the dead-letter topic, or to the quarantine when that topic refused them too",
+    ),
+    (
+        "spool_damaged_segments",
+        "Damaged spool segments moved to the quarantine at start (BRIDGE_SPOOL_ON_DAMAGE=set-aside)",
+    ),
+    (
+        "spool_forward_failures",
+        "Times forwarding was held up, by the Kafka error that held it up",
+    ),
+    (
+        "conditions",
+        "Times each condition that stops acceptance or forwarding started (see /readyz's conditions)",
+    ),
+    ("condition_active", "1 while the condition holds, else 0"),
+    ("http_requests", "Webhook requests answered, by status"),
+    (
+        "http_request_duration_seconds",
+        "Time from a webhook request's arrival to its answer",
+    ),
+    ("events", "Events stored, by topic, resource and event"),
+    ("dead_letters", "Bodies dead-lettered, by error code"),
+    (
+        "publish_duration_seconds",
+        "Time from handing a record to the producer to the broker's acknowledgement",
+    ),
+    (
+        "duplicates",
+        "Repeated deliveries of an event this process stored within BRIDGE_DEDUP_WINDOW_S, answered 202 with the first answer and not published again; first=storing: the repeat came while the first was being stored, and waited for it",
+    ),
+    (
+        "dedup_forgotten_ids",
+        "Event ids forgotten before BRIDGE_DEDUP_WINDOW_S passed, to stay within BRIDGE_DEDUP_MAX_IDS: a repeat of one would be published again",
+    ),
+    (
+        "connections_aged_out",
+        "Kept-alive connections told Connection: close because they were older than BRIDGE_MAX_CONNECTION_AGE_S",
+    ),
+    ("in_flight_requests", "Webhook requests being handled"),
+    (
+        "producer_queue_depth",
+        "Records handed to the producer and not yet acknowledged",
+    ),
+    (
+        "kafka_up",
+        "1 when the last probe reached Kafka and found every topic, else 0",
+    ),
+    (
+        "ready",
+        "1 while /readyz answers 200 (the bridge should get traffic), else 0",
+    ),
+];
+
+/// Registers `metric` under `name`, with its help from [`HELP`], and hands it back.
+fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, metric: M) -> M {
+    let help = HELP
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map_or("", |(_, help)| help);
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The nine documented resource × event counters, made once so the hot path does not build
+/// label strings.
+fn known_events(events: &Family<EventLabels, Counter>, topics: &Topics) -> [[Counter; 3]; 3] {
+    [
+        (&topics.messages, "Message"),
+        (&topics.interactions, "Interaction"),
+        (&topics.orders, "Order"),
+    ]
+    .map(|(topic, resource)| {
+        ["CREATE", "UPDATE", "DELETE"].map(|event| {
+            events
+                .get_or_create(&EventLabels {
+                    topic: topic.to_string(),
+                    resource: resource.to_owned(),
+                    event: event.to_owned(),
+                })
+                .clone()
+        })
+    })
+}
+
+impl SpoolMetrics {
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            records: add(r, "spool_records", Gauge::default()),
+            bytes: add(r, "spool_bytes", Gauge::default()),
+            limit: add(r, "spool_limit_bytes", Gauge::default()),
+            quarantine_bytes: add(r, "spool_quarantine_bytes", Gauge::default()),
+            oldest_age: add(r, "spool_oldest_record_age_seconds", Gauge::default()),
+            forwarded: add(r, "spool_forwarded_records", Counter::default()),
+            commits: add(r, "spool_commits", Counter::default()),
+            commit_seconds: add(r, "spool_commit_seconds", Counter::default()),
+            set_aside: add(r, "spool_set_aside_records", Family::default()),
+            damaged_segments: add(r, "spool_damaged_segments", Counter::default()),
+            forward_failures: add(r, "spool_forward_failures", Family::default()),
+        }
+    }
+}
+
 impl Metrics {
     /// The bridge's metrics; the spool's only in spool mode. `conditions` are counted and
     /// shown as they stand when metrics are read.
     pub fn new(topics: &Topics, spool: bool, conditions: std::sync::Arc<Conditions>) -> Self {
         let mut registry = Registry::with_prefix("omnichat_bridge");
-        let condition_starts = Family::<ConditionLabels, Counter>::default();
-        registry.register(
-            "conditions",
-            "Times each condition that stops acceptance or forwarding started (see /readyz's conditions)",
-            condition_starts.clone(),
-        );
-        let condition_active = Family::<ConditionLabels, Gauge>::default();
-        registry.register(
-            "condition_active",
-            "1 while the condition holds, else 0",
-            condition_active.clone(),
-        );
-        let spool = spool.then(|| {
-            let metrics = SpoolMetrics::default();
-            registry.register(
-                "spool_records",
-                "Records accepted into the spool and not yet acknowledged by Kafka",
-                metrics.records.clone(),
-            );
-            registry.register(
-                "spool_bytes",
-                "Bytes of the spool's files on disk, counted against BRIDGE_SPOOL_MAX_BYTES",
-                metrics.bytes.clone(),
-            );
-            registry.register(
-                "spool_limit_bytes",
-                "BRIDGE_SPOOL_MAX_BYTES: above it, webhooks are answered 503",
-                metrics.limit.clone(),
-            );
-            registry.register(
-                "spool_quarantine_bytes",
-                "Bytes in the spool's quarantine (counted in spool_bytes): records set aside there and damaged segments; POST /quarantine/redrive re-drives the records",
-                metrics.quarantine_bytes.clone(),
-            );
-            registry.register(
-                "spool_oldest_record_age_seconds",
-                "Age of the oldest spooled record not yet acknowledged by Kafka; 0 when none",
-                metrics.oldest_age.clone(),
-            );
-            registry.register(
-                "spool_forwarded_records",
-                "Spooled records acknowledged by Kafka (its rate is the forward rate)",
-                metrics.forwarded.clone(),
-            );
-            registry.register(
-                "spool_commits",
-                "Group commits: one write and fdatasync answering every request waiting for it",
-                metrics.commits.clone(),
-            );
-            registry.register(
-                "spool_commit_seconds",
-                "Time spent in group commits; divided by spool_commits, the fsync latency",
-                metrics.commit_seconds.clone(),
-            );
-            registry.register(
-                "spool_set_aside_records",
-                "Spooled records Kafka refused for good, set aside: to the dead-letter topic, or to the quarantine when that topic refused them too",
-                metrics.set_aside.clone(),
-            );
-            registry.register(
-                "spool_damaged_segments",
-                "Damaged spool segments moved to the quarantine at start (BRIDGE_SPOOL_ON_DAMAGE=set-aside)",
-                metrics.damaged_segments.clone(),
-            );
-            registry.register(
-                "spool_forward_failures",
-                "Times forwarding was held up, by the Kafka error that held it up",
-                metrics.forward_failures.clone(),
-            );
-            metrics
-        });
-        let requests = Family::<StatusLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "Webhook requests answered, by status",
-            requests.clone(),
-        );
-        let request_duration = Histogram::new(LATENCY_BUCKETS);
-        registry.register(
+        let r = &mut registry;
+        let condition_starts = add(r, "conditions", Family::default());
+        let condition_active = add(r, "condition_active", Family::default());
+        let spool = spool.then(|| SpoolMetrics::register(r));
+        let requests = add(r, "http_requests", Family::default());
+        let request_duration = add(
+            r,
             "http_request_duration_seconds",
-            "Time from a webhook request's arrival to its answer",
-            request_duration.clone(),
+            Histogram::new(LATENCY_BUCKETS),
         );
-        let events = Family::<EventLabels, Counter>::default();
-        registry.register(
-            "events",
-            "Events stored, by topic, resource and event",
-            events.clone(),
-        );
-        let dead_letters = Family::<CodeLabels, Counter>::default();
-        registry.register(
-            "dead_letters",
-            "Bodies dead-lettered, by error code",
-            dead_letters.clone(),
-        );
-        let publish_latency = Histogram::new(LATENCY_BUCKETS);
-        registry.register(
+        let events: Family<EventLabels, Counter> = add(r, "events", Family::default());
+        let dead_letters = add(r, "dead_letters", Family::default());
+        let publish_latency = add(
+            r,
             "publish_duration_seconds",
-            "Time from handing a record to the producer to the broker's acknowledgement",
-            publish_latency.clone(),
+            Histogram::new(LATENCY_BUCKETS),
         );
-        let duplicate_family = Family::<FirstLabels, Counter>::default();
-        registry.register(
-            "duplicates",
-            "Repeated deliveries of an event this process stored within BRIDGE_DEDUP_WINDOW_S, answered 202 with the first answer and not published again; first=storing: the repeat came while the first was being stored, and waited for it",
-            duplicate_family.clone(),
-        );
-        let duplicates = ["stored", "storing"].map(|first| {
-            duplicate_family
-                .get_or_create(&FirstLabels { first })
-                .clone()
-        });
-        let dedup_forgotten = Counter::default();
-        registry.register(
-            "dedup_forgotten_ids",
-            "Event ids forgotten before BRIDGE_DEDUP_WINDOW_S passed, to stay within BRIDGE_DEDUP_MAX_IDS: a repeat of one would be published again",
-            dedup_forgotten.clone(),
-        );
-        let connections_aged_out = Counter::default();
-        registry.register(
-            "connections_aged_out",
-            "Kept-alive connections told Connection: close because they were older than BRIDGE_MAX_CONNECTION_AGE_S",
-            connections_aged_out.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "in_flight_requests",
-            "Webhook requests being handled",
-            in_flight.clone(),
-        );
-        let queue_depth = Gauge::default();
-        registry.register(
-            "producer_queue_depth",
-            "Records handed to the producer and not yet acknowledged",
-            queue_depth.clone(),
-        );
-        let kafka_up = Gauge::default();
-        registry.register(
-            "kafka_up",
-            "1 when the last probe reached Kafka and found every topic, else 0",
-            kafka_up.clone(),
-        );
-        let ready = Gauge::default();
-        registry.register(
-            "ready",
-            "1 while /readyz answers 200 (the bridge should get traffic), else 0",
-            ready.clone(),
-        );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
-        let known_events = [
-            (&topics.messages, "Message"),
-            (&topics.interactions, "Interaction"),
-            (&topics.orders, "Order"),
-        ]
-        .map(|(topic, resource)| {
-            ["CREATE", "UPDATE", "DELETE"].map(|event| {
-                events
-                    .get_or_create(&EventLabels {
-                        topic: topic.to_string(),
-                        resource: resource.to_owned(),
-                        event: event.to_owned(),
-                    })
-                    .clone()
-            })
-        });
+        let duplicates: Family<FirstLabels, Counter> = add(r, "duplicates", Family::default());
+        let dedup_forgotten = add(r, "dedup_forgotten_ids", Counter::default());
+        let connections_aged_out = add(r, "connections_aged_out", Counter::default());
+        let in_flight = add(r, "in_flight_requests", Gauge::default());
+        let queue_depth = add(r, "producer_queue_depth", Gauge::default());
+        let kafka_up = add(r, "kafka_up", Gauge::default());
+        let ready = add(r, "ready", Gauge::default());
+        let version = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
+        r.register("build", "Build information", version);
         Self {
             registry,
-            known_events,
+            known_events: known_events(&events, topics),
             requests,
             request_duration,
             events,
             dead_letters,
             publish_latency,
-            duplicates,
+            duplicates: ["stored", "storing"]
+                .map(|first| duplicates.get_or_create(&FirstLabels { first }).clone()),
             dedup_forgotten,
             connections_aged_out,
             in_flight,
@@ -437,6 +433,26 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_has_its_help() {
+        let topics = crate::config::Topics {
+            messages: "m".into(),
+            interactions: "i".into(),
+            orders: "o".into(),
+            other: "x".into(),
+            deadletter: "d".into(),
+        };
+        let rendered = Metrics::new(&topics, true, Default::default()).render();
+        let helps: Vec<&str> = rendered
+            .lines()
+            .filter(|l| l.starts_with("# HELP"))
+            .collect();
+        assert!(helps.len() >= HELP.len(), "{rendered}");
+        for line in helps {
+            assert!(line.split(' ').count() > 4, "no help: {line}");
+        }
+    }
 
     #[test]
     fn resources_and_events_a_sender_invents_share_one_bounded_label() {
