@@ -38,43 +38,10 @@ pub struct Recovered {
 /// as `on_damage` says. Writes nothing new, so a full volume still starts (and drains).
 pub fn recover(dir: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolDirError> {
     create_dir_durably(dir).map_err(io_error(dir))?;
-    let lock_path = dir.join(LOCK);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error(&lock_path))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(SpoolDirError::Locked {
-                dir: dir.to_owned(),
-            });
-        }
-        Err(std::fs::TryLockError::Error(error)) => return Err(io_error(&lock_path)(error)),
-    }
-
-    let mut segments = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
-        let entry = entry.map_err(io_error(dir))?;
-        let name = entry.file_name();
-        let Some(index) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        segments.push(index);
-    }
-    segments.sort_unstable();
-
-    let checkpoint = read_checkpoint(dir);
-    let mut start = match checkpoint {
-        Some(position) => position,
-        None => Position::start_of(segments.first().copied().unwrap_or(0)),
-    };
+    let lock = lock_dir(dir)?;
+    let segments = segment_numbers(dir)?;
+    let mut start = read_checkpoint(dir)
+        .unwrap_or_else(|| Position::start_of(segments.first().copied().unwrap_or(0)));
     let mut recovered = Recovered {
         lock,
         start,
@@ -93,78 +60,17 @@ pub fn recover(dir: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolDirErr
             removed = true;
             continue;
         }
+        let from = (segment == start.segment).then_some(start.offset);
         let newest = Some(&segment) == segments.last();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
-        if !check_header(&path, &mut file)? {
-            // Shorter than a header: it never held a record.
-            drop(file);
-            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        let Some(kept) = check_segment(dir, &path, from, newest, on_damage, &mut recovered)? else {
             removed = true;
             continue;
-        }
-        let file_len = file.metadata().map_err(io_error(&path))?.len();
-        let mut reader = FrameReader::new(file);
-        // Records before the checkpoint were forwarded: reading starts where forwarding does.
-        let mut offset = if segment == start.segment {
-            start.offset.clamp(HEADER_LEN, file_len.max(HEADER_LEN))
-        } else {
-            HEADER_LEN
         };
-        let mut topics = Vec::new();
-        let damage = loop {
-            match reader
-                .frame_at(offset, file_len, &mut topics)
-                .map_err(io_error(&path))?
-            {
-                Found::Frame(_, len) => {
-                    recovered.records += 1;
-                    offset += len;
-                }
-                Found::End => break None,
-                // A crash mid-write leaves a partial frame, only ever in the newest segment.
-                Found::Torn if newest => {
-                    tracing::warn!(
-                        segment = %path.display(),
-                        valid_bytes = offset,
-                        cut_bytes = file_len - offset,
-                        "Spool segment ends in a partial record (a crash mid-write, never acknowledged); cut it off"
-                    );
-                    recovered.cut_bytes += file_len - offset;
-                    break None;
-                }
-                Found::Torn => break Some("a partial record at the end of a sealed segment"),
-                // Space a power loss extended but no fsync completed for: never acknowledged.
-                Found::Zeros if newest && reader.zeros_from(offset).map_err(io_error(&path))? => {
-                    tracing::debug!(segment = %path.display(), "Trimmed a zero-filled tail");
-                    break None;
-                }
-                Found::Zeros => break Some("zeros where a record should be"),
-                Found::Corrupt(what) => break Some(what),
-            }
-        };
-        if let Some(what) = damage {
-            set_aside_or_refuse(dir, &path, &reader.file, offset, what, on_damage)?;
-            recovered.set_aside_segments += 1;
-        }
-        let cut = offset < file_len;
-        if cut {
-            reader.file.set_len(offset).map_err(io_error(&path))?;
-        }
-        if cut || newest {
-            // A crash may have left frames that were written but never fsynced. They count as
-            // records from now on, and this segment is sealed (new records go to the next):
-            // made durable here, so a power loss cannot tear it afterwards.
-            reader.file.sync_all().map_err(io_error(&path))?;
-        }
-        if segment == start.segment && start.offset > offset {
+        if segment == start.segment && start.offset > kept {
             // The checkpoint points past what is readable: nothing there to resume.
-            start.offset = offset;
+            start.offset = kept;
         }
-        recovered.bytes += offset;
+        recovered.bytes += kept;
     }
     if removed {
         sync_dir(dir).map_err(io_error(dir))?;
@@ -173,6 +79,131 @@ pub fn recover(dir: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolDirErr
     // Never below where forwarding resumes: a record written there would never be read.
     recovered.next_segment = recovered.next_segment.max(start.segment + 1);
     Ok(recovered)
+}
+
+/// Takes the directory's lock for this process, or says another holds it.
+fn lock_dir(dir: &Path) -> Result<File, SpoolDirError> {
+    let lock_path = dir.join(LOCK);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolDirError::Locked {
+            dir: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(io_error(&lock_path)(error)),
+    }
+}
+
+/// The numbers of the segment files in `dir`, oldest first.
+fn segment_numbers(dir: &Path) -> Result<Vec<u64>, SpoolDirError> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let name = entry.map_err(io_error(dir))?.file_name();
+        let number = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok());
+        segments.extend(number);
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Reads one segment from `from` (its checkpoint, or its first record), counting its records
+/// into `recovered`, cutting a torn or zeroed tail of the newest one, and handling damage as
+/// `on_damage` says. Returns the bytes kept, or `None` when the file held no header and went.
+fn check_segment(
+    dir: &Path,
+    path: &Path,
+    from: Option<u64>,
+    newest: bool,
+    on_damage: OnDamage,
+    recovered: &mut Recovered,
+) -> Result<Option<u64>, SpoolDirError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    if !check_header(path, &mut file)? {
+        // Shorter than a header: it never held a record.
+        drop(file);
+        std::fs::remove_file(path).map_err(io_error(path))?;
+        return Ok(None);
+    }
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let mut reader = FrameReader::new(file);
+    // Records before the checkpoint were forwarded: reading starts where forwarding does.
+    let start = from.map_or(HEADER_LEN, |at| {
+        at.clamp(HEADER_LEN, file_len.max(HEADER_LEN))
+    });
+    let (offset, damage) = scan(&mut reader, path, start, file_len, newest, recovered)?;
+    if let Some(what) = damage {
+        set_aside_or_refuse(dir, path, &reader.file, offset, what, on_damage)?;
+        recovered.set_aside_segments += 1;
+    }
+    let cut = offset < file_len;
+    if cut {
+        reader.file.set_len(offset).map_err(io_error(path))?;
+    }
+    if cut || newest {
+        // A crash may have left frames that were written but never fsynced. They count as
+        // records from now on, and this segment is sealed (new records go to the next):
+        // made durable here, so a power loss cannot tear it afterwards.
+        reader.file.sync_all().map_err(io_error(path))?;
+    }
+    Ok(Some(offset))
+}
+
+/// Counts the frames from `offset` to where they end; returns that end and the damage met
+/// there, if any. Only the newest segment may end torn or zeroed (never acknowledged).
+fn scan(
+    reader: &mut FrameReader,
+    path: &Path,
+    mut offset: u64,
+    file_len: u64,
+    newest: bool,
+    recovered: &mut Recovered,
+) -> Result<(u64, Option<&'static str>), SpoolDirError> {
+    let mut topics = Vec::new();
+    loop {
+        let found = reader
+            .frame_at(offset, file_len, &mut topics)
+            .map_err(io_error(path))?;
+        let damage = match found {
+            Found::Frame(_, len) => {
+                recovered.records += 1;
+                offset += len;
+                continue;
+            }
+            Found::End => None,
+            // A crash mid-write leaves a partial frame, only ever in the newest segment.
+            Found::Torn if newest => {
+                tracing::warn!(
+                    segment = %path.display(),
+                    valid_bytes = offset,
+                    cut_bytes = file_len - offset,
+                    "Spool segment ends in a partial record (a crash mid-write, never acknowledged); cut it off"
+                );
+                recovered.cut_bytes += file_len - offset;
+                None
+            }
+            Found::Torn => Some("a partial record at the end of a sealed segment"),
+            // Space a power loss extended but no fsync completed for: never acknowledged.
+            Found::Zeros if newest && reader.zeros_from(offset).map_err(io_error(path))? => {
+                tracing::debug!(segment = %path.display(), "Trimmed a zero-filled tail");
+                None
+            }
+            Found::Zeros => Some("zeros where a record should be"),
+            Found::Corrupt(what) => Some(what),
+        };
+        return Ok((offset, damage));
+    }
 }
 
 /// Damage anywhere but a torn tail: acknowledged records may be lost, so the start stops,
