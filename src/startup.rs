@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use tokio::sync::Semaphore;
 
 use crate::backend::Backend;
 use crate::conditions::{Condition, Conditions};
 use crate::config::{AckMode, ConfigError, Settings};
 use crate::event::Normalizer;
-use crate::http::{self, Authenticator, Ingress};
+use crate::http::{self, Ingress};
 use crate::ops::{self, Health, Metrics};
 use crate::publish::kafka::{KafkaPublisher, KafkaUnusable, policy};
 use crate::shutdown;
@@ -105,25 +104,11 @@ impl Application {
                 .then(|| -> ops::SpoolProbe { Arc::new(move || spool_backend.spool_status()) }),
             conditions.clone(),
         ));
-        let ingress = web::Data::new(Ingress {
-            authenticator: Authenticator::new(&settings.auth),
-            normalizer: Normalizer::new(settings.topics.clone(), settings.event_source.clone()),
-            publisher: backend.publisher(),
-            metrics: metrics.clone().into_inner(),
-            max_body_bytes: settings.max_body_bytes,
-            body_timeout: settings.request_timeout,
-            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
-            body_budget: Arc::new(Semaphore::new(http::BODY_BUDGET / 1024)),
-            unverified_budget: Arc::new(Semaphore::new(http::UNVERIFIED_BODY_BUDGET / 1024)),
-            repeats: settings.dedup.map(|dedup| {
-                http::repeats::Repeats::new(
-                    &dedup,
-                    &settings.topics,
-                    settings.max_in_flight,
-                    settings.publish_timeout,
-                )
-            }),
-        });
+        let ingress = web::Data::new(Ingress::new(
+            &settings,
+            backend.publisher(),
+            metrics.clone().into_inner(),
+        ));
 
         // In-flight requests get what is left of the shutdown budget after the delay; the
         // flush gets the rest (see `run_until_stopped`).
@@ -150,31 +135,7 @@ impl Application {
             source,
         })?;
 
-        let admin_health = health.clone();
-        let admin_metrics = metrics.clone();
-        let admin_backend = web::Data::new(backend.clone());
-        let admin_normalizer = web::Data::new(Normalizer::new(
-            settings.topics.clone(),
-            settings.event_source.clone(),
-        ));
-        let admin = HttpServer::new(move || {
-            App::new()
-                .app_data(admin_health.clone())
-                .app_data(admin_metrics.clone())
-                .app_data(admin_backend.clone())
-                .app_data(admin_normalizer.clone())
-                .configure(ops::routes)
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(1)
-        .listen(admin_listener)
-        .map_err(|source| StartupError::Listen {
-            variable: "BRIDGE_ADMIN_ADDR",
-            addr: settings.admin_addr,
-            source,
-        })?
-        .run();
+        let admin = admin_server(&settings, admin_listener, &health, &metrics, &backend)?;
 
         Ok(Self {
             settings,
@@ -251,6 +212,40 @@ impl Application {
         let _ = admin.await;
         Ok(())
     }
+}
+
+/// The admin port: health, readiness, metrics and the quarantine's re-drive.
+fn admin_server(
+    settings: &Settings,
+    listener: TcpListener,
+    health: &web::Data<Health>,
+    metrics: &web::Data<Metrics>,
+    backend: &Backend,
+) -> Result<Server, StartupError> {
+    let (health, metrics) = (health.clone(), metrics.clone());
+    let backend = web::Data::new(backend.clone());
+    let normalizer = web::Data::new(Normalizer::new(
+        settings.topics.clone(),
+        settings.event_source.clone(),
+    ));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(health.clone())
+            .app_data(metrics.clone())
+            .app_data(backend.clone())
+            .app_data(normalizer.clone())
+            .configure(ops::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .map_err(|source| StartupError::Listen {
+        variable: "BRIDGE_ADMIN_ADDR",
+        addr: settings.admin_addr,
+        source,
+    })?;
+    Ok(server.run())
 }
 
 /// Boots the bridge, the one way `main` and the tests do: creates the Kafka producer (where

@@ -24,6 +24,7 @@ use futures_core::Stream;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
+use crate::config::Settings;
 use crate::event::{Normalizer, Receipt, is_traceparent};
 use crate::omnichat::Webhook;
 use crate::ops::Metrics;
@@ -89,6 +90,31 @@ pub struct Ingress {
     pub unverified_budget: Arc<Semaphore>,
     /// The ids of events stored lately, to answer their repeats (`None`: off).
     pub repeats: Option<Repeats>,
+}
+
+impl Ingress {
+    /// What requests need, from the settings, storing through `publisher`.
+    pub fn new(settings: &Settings, publisher: Arc<dyn Publisher>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            authenticator: Authenticator::new(&settings.auth),
+            normalizer: Normalizer::new(settings.topics.clone(), settings.event_source.clone()),
+            publisher,
+            metrics,
+            max_body_bytes: settings.max_body_bytes,
+            body_timeout: settings.request_timeout,
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            body_budget: Arc::new(Semaphore::new(BODY_BUDGET / 1024)),
+            unverified_budget: Arc::new(Semaphore::new(UNVERIFIED_BODY_BUDGET / 1024)),
+            repeats: settings.dedup.map(|dedup| {
+                repeats::Repeats::new(
+                    &dedup,
+                    &settings.topics,
+                    settings.max_in_flight,
+                    settings.publish_timeout,
+                )
+            }),
+        }
+    }
 }
 
 /// Bytes all requests together may hold in bodies, from before they are read until they are
