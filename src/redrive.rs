@@ -17,12 +17,12 @@
 pub mod options;
 pub mod topic;
 
-use crate::event::headers;
 use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::event::headers;
 use crate::event::{Normalizer, Receipt, is_traceparent};
 use crate::omnichat::{Rejection, Webhook};
 use crate::publish::{PublishError, Record};

@@ -12,7 +12,6 @@ mod head_deadline;
 pub mod repeats;
 pub mod server;
 
-use crate::event::headers;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use crate::config::Settings;
+use crate::event::headers;
 use crate::event::{Normalizer, Receipt, is_traceparent};
 use crate::omnichat::Webhook;
 use crate::ops::Metrics;

@@ -8,7 +8,6 @@
 //! skipped from the next plain run. A run reads each partition up to the end it finds (the
 //! fetch's end, not ListOffsets) and stops.
 
-use crate::event::headers;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use super::RedriveError;
 use super::options::{Options, Range};
 use super::{Summary, refusal_code, renormalize};
 use crate::config::Settings;
+use crate::event::headers;
 use crate::event::{DEAD_LETTER_TYPE, Normalizer};
 use crate::publish::kafka::KafkaPublisher;
 use crate::publish::{Header, PublishFuture, Publisher, Record};
@@ -146,106 +146,138 @@ impl<'s> Run<'s> {
         summary: &mut Summary,
         out: &mut (impl Write + Send),
     ) -> Result<(), RedriveError> {
+        let mut settled = HashMap::new();
+        let outcome = self.read_all(summary, &mut settled, out).await;
+        self.settled = settled;
+        outcome
+    }
+
+    /// Reads every partition to its end (or the range's), publishing what normalizes now with a
+    /// bounded number of publishes pending; each settled dead letter goes into `settled`.
+    async fn read_all(
+        &self,
+        summary: &mut Summary,
+        settled: &mut HashMap<i32, i64>,
+        out: &mut (impl Write + Send),
+    ) -> Result<(), RedriveError> {
         let mut open: BTreeSet<i32> = self.partitions.iter().copied().collect();
         let mut pending: VecDeque<Pending<'_>> = VecDeque::new();
         let mut progress = Instant::now();
-        let publisher = &self.publisher;
-        let mut settled = HashMap::new();
-        let outcome = async {
-            while !open.is_empty() {
-                let message = match tokio::time::timeout(SILENCE, self.consumer.recv()).await {
-                    Err(_) => {
-                        return Err(RedriveError::Silent {
-                            topic: self.topic.clone(),
-                            silence: SILENCE,
-                        });
-                    }
-                    Ok(Err(KafkaError::PartitionEOF(partition))) => {
-                        open.remove(&partition);
-                        continue;
-                    }
-                    Ok(Err(source)) => {
-                        return Err(RedriveError::Read {
-                            topic: self.topic.clone(),
-                            source,
-                        });
-                    }
-                    Ok(Ok(message)) => message,
-                };
-                let (partition, offset) = (message.partition(), message.offset());
-                if !open.contains(&partition) {
-                    continue;
+        while let Some((partition, offset, timestamp, letter)) = self.next_letter(&mut open).await?
+        {
+            let publish = self.examine(&letter, partition, offset, timestamp, summary, out);
+            pending.push_back(Pending {
+                partition,
+                offset,
+                publish,
+            });
+            while pending.len() > MAX_PENDING {
+                settle(pending.pop_front(), summary, settled).await?;
+            }
+            if progress.elapsed() >= PROGRESS_EVERY {
+                progress = Instant::now();
+                eprintln!(
+                    "redrive: {} read, {} re-driven, {} still failing, {} skipped; at {}[{partition}]@{offset}",
+                    summary.read,
+                    summary.redriven,
+                    summary.still_failing_total(),
+                    summary.skipped,
+                    self.topic
+                );
+            }
+        }
+        while let Some(item) = pending.pop_front() {
+            settle(Some(item), summary, settled).await?;
+        }
+        Ok(())
+    }
+
+    /// The next record of a partition still open, with its partition, offset and timestamp;
+    /// `None` once every partition reached its end.
+    async fn next_letter(
+        &self,
+        open: &mut BTreeSet<i32>,
+    ) -> Result<Option<(i32, i64, Option<i64>, Record)>, RedriveError> {
+        while !open.is_empty() {
+            let message = match tokio::time::timeout(SILENCE, self.consumer.recv()).await {
+                Err(_) => {
+                    return Err(RedriveError::Silent {
+                        topic: self.topic.clone(),
+                        silence: SILENCE,
+                    });
                 }
-                if self.range.to_offset.is_some_and(|to| offset >= to) {
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
                     open.remove(&partition);
                     continue;
                 }
-                let timestamp = message.timestamp().to_millis();
-                let letter = letter(&message);
-                drop(message);
-                let mut item = Pending {
-                    partition,
-                    offset,
-                    publish: None,
-                };
-                if !self.range.holds(offset, timestamp)
-                    || letter.header(headers::TYPE) != Some(DEAD_LETTER_TYPE)
-                {
-                    summary.skipped += 1;
-                } else {
-                    summary.read += 1;
-                    let fallback = timestamp
-                        .and_then(|ms| {
-                            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                                .ok()
-                        })
-                        .unwrap_or_else(OffsetDateTime::now_utc);
-                    let at = format!("{}[{partition}]@{offset}", self.topic);
-                    match renormalize(&self.normalizer, &letter, fallback) {
-                        Err(rejection) => {
-                            let code = rejection.code();
-                            if self.dry_run {
-                                let _ = writeln!(out, "{at}: still fails: {code}");
-                            }
-                            summary.fail(code.to_owned());
-                        }
-                        Ok(event) if self.dry_run => {
-                            let _ = writeln!(
-                                out,
-                                "{at}: would re-drive as {} {} to {}",
-                                event.header(headers::TYPE).unwrap_or_default(),
-                                event.header(headers::ID).unwrap_or_default(),
-                                event.topic
-                            );
-                            summary.redriven += 1;
-                        }
-                        Ok(event) => item.publish = Some(publisher.publish(event)),
-                    }
+                Ok(Err(source)) => {
+                    return Err(RedriveError::Read {
+                        topic: self.topic.clone(),
+                        source,
+                    });
                 }
-                pending.push_back(item);
-                while pending.len() > MAX_PENDING {
-                    settle(pending.pop_front(), summary, &mut settled).await?;
-                }
-                if progress.elapsed() >= PROGRESS_EVERY {
-                    progress = Instant::now();
-                    eprintln!(
-                        "redrive: {} read, {} re-driven, {} still failing, {} skipped; at {}[{partition}]@{offset}",
-                        summary.read,
-                        summary.redriven,
-                        summary.still_failing_total(),
-                        summary.skipped,
-                        self.topic
-                    );
-                }
+                Ok(Ok(message)) => message,
+            };
+            let (partition, offset) = (message.partition(), message.offset());
+            if !open.contains(&partition) {
+                continue;
             }
-            while let Some(item) = pending.pop_front() {
-                settle(Some(item), summary, &mut settled).await?;
+            if self.range.to_offset.is_some_and(|to| offset >= to) {
+                open.remove(&partition);
+                continue;
             }
-            Ok(())
+            let timestamp = message.timestamp().to_millis();
+            return Ok(Some((partition, offset, timestamp, letter(&message))));
         }
-        .await;
-        self.settled = settled;
-        outcome
+        Ok(None)
+    }
+
+    /// Counts one dead letter and, when it normalizes now (and this is no dry run), starts
+    /// publishing its event.
+    fn examine(
+        &self,
+        letter: &Record,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        summary: &mut Summary,
+        out: &mut (impl Write + Send),
+    ) -> Option<PublishFuture<'_>> {
+        if !self.range.holds(offset, timestamp)
+            || letter.header(headers::TYPE) != Some(DEAD_LETTER_TYPE)
+        {
+            summary.skipped += 1;
+            return None;
+        }
+        summary.read += 1;
+        let fallback = timestamp
+            .and_then(|ms| {
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+            })
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        let at = format!("{}[{partition}]@{offset}", self.topic);
+        match renormalize(&self.normalizer, letter, fallback) {
+            Err(rejection) => {
+                let code = rejection.code();
+                if self.dry_run {
+                    let _ = writeln!(out, "{at}: still fails: {code}");
+                }
+                summary.fail(code.to_owned());
+                None
+            }
+            Ok(event) if self.dry_run => {
+                let _ = writeln!(
+                    out,
+                    "{at}: would re-drive as {} {} to {}",
+                    event.header(headers::TYPE).unwrap_or_default(),
+                    event.header(headers::ID).unwrap_or_default(),
+                    event.topic
+                );
+                summary.redriven += 1;
+                None
+            }
+            Ok(event) => Some(self.publisher.publish(event)),
+        }
     }
 
     /// Commits what is settled, forward only, when this run keeps the group's position.

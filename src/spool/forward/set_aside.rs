@@ -3,12 +3,12 @@
 //!
 //! The quarantine is described in [`quarantine`].
 
-use crate::event::headers;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use super::{Forwarder, Sink, accepted_at};
+use crate::event::headers;
 use crate::event::set_aside::set_aside;
 use crate::publish::Record;
 use crate::publish::kafka::SendError;

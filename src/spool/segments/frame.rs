@@ -1,6 +1,5 @@
 //! One record as one frame: its encoding, and reading frames back from a segment file.
 
-use crate::event::headers;
 use std::borrow::Cow;
 use std::fs::File;
 use std::io;
@@ -8,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::{FRAME_HEAD, MAX_FRAME};
+use crate::event::headers;
 use crate::publish::Record;
 
 /// Encodes a record as one frame, ready to append.
