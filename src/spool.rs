@@ -20,7 +20,7 @@ mod volume;
 pub use forward::{WINDOW_BYTES as FORWARD_WINDOW_BYTES, WINDOW_RECORDS as FORWARD_WINDOW_RECORDS};
 pub mod segments;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,6 +51,41 @@ const SLOW_COMMIT: Duration = Duration::from_secs(1);
 /// stalled volume holds them all, and the requests that gave up on it would otherwise go on
 /// adding their records while their senders retry.
 const MAX_QUEUED_BYTES: u64 = 4 * MAX_BATCH_BYTES as u64;
+
+/// What an operator should know of what recovery found.
+fn report_recovery(dir: &Path, recovered: &segments::Recovered) {
+    if let Some(filesystem) = volume::in_memory(dir) {
+        tracing::warn!(
+            path = %dir.display(),
+            filesystem,
+            "BRIDGE_SPOOL_DIR is in memory: spooled events survive a crash of the process, \
+             but not a restart of the pod or the node; put it on a persistent volume"
+        );
+    }
+    if recovered.records > 0 {
+        tracing::info!(
+            records = recovered.records,
+            bytes = recovered.bytes,
+            cut_bytes = recovered.cut_bytes,
+            "Spool holds records from an earlier run; forwarding them before new ones"
+        );
+    }
+}
+
+/// Starts one of the spool's threads.
+fn spawn(
+    dir: &Path,
+    name: &str,
+    work: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, SpoolDirError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(work)
+        .map_err(|source| SpoolDirError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
 
 /// Records a shutdown left on disk for the next start.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -126,22 +161,7 @@ impl Spool {
         let kafka = Arc::new(kafka);
         let dir = settings.dir.clone();
         let recovered = segments::recover(&dir, settings.on_damage)?;
-        if let Some(filesystem) = volume::in_memory(&dir) {
-            tracing::warn!(
-                path = %dir.display(),
-                filesystem,
-                "BRIDGE_SPOOL_DIR is in memory: spooled events survive a crash of the process, \
-                 but not a restart of the pod or the node; put it on a persistent volume"
-            );
-        }
-        if recovered.records > 0 {
-            tracing::info!(
-                records = recovered.records,
-                bytes = recovered.bytes,
-                cut_bytes = recovered.cut_bytes,
-                "Spool holds records from an earlier run; forwarding them before new ones"
-            );
-        }
+        report_recovery(&dir, &recovered);
         let segment_bytes = (settings.max_bytes / 16).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
         let next = recovered.next_segment;
         // Nothing is written until the first record: a full volume must still start, so that
@@ -159,15 +179,9 @@ impl Spool {
 
         let (appends, queue) = mpsc::channel();
         let writer_shared = shared.clone();
-        let lock = recovered.lock;
-        let writer = std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || write_loop(writer, &queue, &writer_shared))
-            .map_err(|source| SpoolDirError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-
+        let writer = spawn(&dir, "spool-writer", move || {
+            write_loop(writer, &queue, &writer_shared);
+        })?;
         let (stop, stopped) = oneshot::channel();
         let forwarder = forward::Forwarder::new(
             &dir,
@@ -178,19 +192,13 @@ impl Spool {
             deadletter,
             max_record_bytes,
         );
-        let forwarder = std::thread::Builder::new()
-            .name("spool-forwarder".into())
-            .spawn(move || {
-                forwarder.run_until(stopped);
-                // The forwarder is the last to touch the directory (its final checkpoint):
-                // until then it stays locked against another process.
-                drop(lock);
-            })
-            .map_err(|source| SpoolDirError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-
+        let lock = recovered.lock;
+        let forwarder = spawn(&dir, "spool-forwarder", move || {
+            forwarder.run_until(stopped);
+            // The forwarder is the last to touch the directory (its final checkpoint): until
+            // then it stays locked against another process.
+            drop(lock);
+        })?;
         Ok(Self {
             dir,
             shared,

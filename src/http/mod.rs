@@ -21,7 +21,7 @@ use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_core::Stream;
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Settings;
 use crate::event::headers;
@@ -210,42 +210,9 @@ async fn accept(
     payload: web::Payload,
     ingress: &Ingress,
 ) -> Result<HttpResponse, IngressError> {
-    let authenticator = &ingress.authenticator;
-    let early = authenticator.before_body(request);
-    if early.is_none() && !authenticator.may_be_signed(request) {
-        return Err(IngressError::Unauthorized);
-    }
-    // A request only its signature can authenticate: everything else is checked before its
-    // body is read, and its bytes count against one budget shared by all such requests.
-    let unverified = match early {
-        Some(_) => None,
-        None => {
-            let now = OffsetDateTime::now_utc().unix_timestamp();
-            if !authenticator.signature_headers_plausible(request, now) {
-                return Err(IngressError::Unauthorized);
-            }
-            Some(reserve(&ingress.unverified_budget, request, ingress)?)
-        }
-    };
     // Held until the answer, through the publish that holds its record.
-    let _body_room = reserve(&ingress.body_budget, request, ingress)?;
-    let body = read_body(
-        request,
-        payload,
-        ingress.max_body_bytes,
-        ingress.body_timeout,
-    )
-    .await?;
+    let (body, signed, _body_room) = authenticated_body(request, payload, ingress).await?;
     let received_at = OffsetDateTime::now_utc();
-    // A valid signature names the event, whichever method authenticated the request.
-    let signed = authenticator
-        .may_be_signed(request)
-        .then(|| authenticator.verify_signature(request, &body, received_at.unix_timestamp()))
-        .flatten();
-    if early.is_none() && signed.is_none() {
-        return Err(IngressError::Unauthorized);
-    }
-    drop(unverified);
     let signed_id = match &signed {
         Some(Credential::Signature { webhook_id }) => Some(webhook_id.as_str()),
         _ => None,
@@ -293,6 +260,52 @@ async fn accept(
             Err(IngressError::Rejected(rejection))
         }
     }
+}
+
+/// Authenticates the request and reads its body: strangers are refused from their headers
+/// (cost nothing), a request only a signature can authenticate is checked before its body is
+/// read and its bytes count against the budget shared by all such requests. Returns the body,
+/// the verified signature if there is one, and the body's room in the budget, held until the
+/// answer.
+async fn authenticated_body(
+    request: &HttpRequest,
+    payload: web::Payload,
+    ingress: &Ingress,
+) -> Result<(Bytes, Option<Credential>, OwnedSemaphorePermit), IngressError> {
+    let authenticator = &ingress.authenticator;
+    let early = authenticator.before_body(request);
+    if early.is_none() && !authenticator.may_be_signed(request) {
+        return Err(IngressError::Unauthorized);
+    }
+    let unverified = match early {
+        Some(_) => None,
+        None => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            if !authenticator.signature_headers_plausible(request, now) {
+                return Err(IngressError::Unauthorized);
+            }
+            Some(reserve(&ingress.unverified_budget, request, ingress)?)
+        }
+    };
+    let body_room = reserve(&ingress.body_budget, request, ingress)?;
+    let body = read_body(
+        request,
+        payload,
+        ingress.max_body_bytes,
+        ingress.body_timeout,
+    )
+    .await?;
+    // A valid signature names the event, whichever method authenticated the request.
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let signed = authenticator
+        .may_be_signed(request)
+        .then(|| authenticator.verify_signature(request, &body, now))
+        .flatten();
+    if early.is_none() && signed.is_none() {
+        return Err(IngressError::Unauthorized);
+    }
+    drop(unverified);
+    Ok((body, signed, body_room))
 }
 
 /// Publishes a webhook's event, unless this process stored its id lately: then the answer is
@@ -417,7 +430,7 @@ fn reserve(
     budget: &Arc<Semaphore>,
     request: &HttpRequest,
     ingress: &Ingress,
-) -> Result<tokio::sync::OwnedSemaphorePermit, IngressError> {
+) -> Result<OwnedSemaphorePermit, IngressError> {
     let bytes = declared_length(request)
         .unwrap_or(ingress.max_body_bytes as u64)
         .min(ingress.max_body_bytes as u64);
