@@ -461,7 +461,7 @@ async fn run_case(ops: Vec<Op>, poison_every: u64, case: usize) {
 mod stuck;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn the_forwarder_never_loses_reorders_or_floods_whatever_kafka_does(
