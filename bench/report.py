@@ -24,14 +24,18 @@ print(f"medians of {len(runs)} runs")
 for mode, title in (("closed", "closed loop, the realistic mix, 256 connections"),
                     ("wrk", "wrk, one fixed 700-byte message, 256 connections"),
                     ("open", "open loop, the realistic mix, fixed rate")):
+    if mode not in runs[0]["kafka"]:
+        continue
     print(f"\n{title}")
     print(f"  {'':16} {'kafka':>9} {'spool':>9} {'floor':>9} {'fl+kafka':>9} {'kafka/fl':>9} {'spool/kafka':>11} {'kafka/fl+k':>10}")
     for label, key, fmt in (("accepted/s", "accepted_per_second", "{:,.0f}"),
                             ("sustained/s", "sustained_per_second", "{:,.0f}"),
                             ("CPU us/event", "cpu_us_per_event", "{:.1f}"),
                             ("p50 ms", "p50_ms", "{:.2f}"), ("p99 ms", "p99_ms", "{:.2f}"),
-                            ("p99.9 ms", "p999_ms", "{:.2f}"), ("peak RSS MiB", "peak_rss_mib", "{:.1f}")):
-        if key not in runs[0]["kafka"][mode]:
+                            ("p99.9 ms", "p999_ms", "{:.2f}"), ("peak RSS MiB", "peak_rss_mib", "{:.1f}"),
+                            ("broker CPU us/ev", "broker_cpu_us_per_event", "{:.1f}"),
+                            ("bytes to Kafka/ev", "sent_bytes_per_event", "{:.0f}")):
+        if mode not in runs[0]["kafka"] or key not in runs[0]["kafka"][mode]:
             continue
         values = [fmt.format(fig(s, mode, key)) for s in ("kafka", "spool", "floor", "floor_kafka")]
         print(f"  {label:16} {values[0]:>9} {values[1]:>9} {values[2]:>9} {values[3]:>9} "
@@ -39,6 +43,8 @@ for mode, title in (("closed", "closed loop, the realistic mix, 256 connections"
               f"{ratio('kafka', 'floor_kafka', mode, key):>10.2f}")
 
 # The median run by kafka mode's open-loop p99, plotted whole.
+if "open" not in runs[0]["kafka"]:
+    sys.exit(0)
 chosen = sorted(runs, key=lambda r: r["kafka"]["open"]["p99_ms"])[len(runs) // 2]
 series = {name: chosen[name]["open"]["percentiles"] for name in ("floor", "floor_kafka", "kafka", "spool")}
 colors = {"floor": "#888888", "floor_kafka": "#2ca02c", "kafka": "#1f77b4", "spool": "#d62728"}

@@ -48,12 +48,28 @@ wait_drained() {
   echo "spool never drained: $1" >&2; return 1
 }
 
-# Runs both regimes against one server; prints one JSON object per regime with the server's CPU.
-# With a readiness URL (spool mode), each regime lasts until the spool has drained.
+# Bytes the server's producer sent to the brokers so far: the bridge's metric, or the floor with
+# Kafka's /stats; both from librdkafka's statistics, reported every second here.
+sent_bytes() {
+  case "$1" in
+    "") echo 0 ;;
+    *metrics) curl -fs "$1" | awk '/^omnichat_bridge_kafka_sent_bytes_total /{print $2}' ;;
+    *) curl -fs "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["sentBytes"])' ;;
+  esac
+}
+# librdkafka reports every second and the bridge's probe reads it every 2 s.
+settle_stats() { [ -z "$1" ] || sleep 2.5; }
+
+# Runs the regimes against one server; prints one JSON object per regime with the server's CPU,
+# the broker's CPU and the bytes sent to it. With a readiness URL (spool mode), each regime
+# lasts until the spool has drained.
 drive() {
-  local name=$1 pid=$2 url=$3 drained_url=${4:-}
-  for regime in closed open wrk; do
-    local before after started ended
+  local name=$1 pid=$2 url=$3 drained_url=${4:-} sent_url=${5:-}
+  for regime in ${REGIMES:-closed open wrk}; do
+    local before after started ended broker_before broker_after sent_before sent_after
+    settle_stats "$sent_url"
+    sent_before=$(sent_bytes "$sent_url")
+    broker_before=$(cpu_ticks "$BROKER_PID")
     before=$(cpu_ticks "$pid")
     if [ "$regime" = closed ]; then
       result=$("$loadgen" closed "$url" "$TOKEN" "$CONNECTIONS" "$SECONDS_EACH")
@@ -67,29 +83,38 @@ drive() {
     if [ -n "$drained_url" ]; then wait_drained "$drained_url"; fi
     ended=$(date +%s.%N)
     after=$(cpu_ticks "$pid")
+    broker_after=$(cpu_ticks "$BROKER_PID")
+    settle_stats "$sent_url"
+    sent_after=$(sent_bytes "$sent_url")
     echo "$result" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 ticks, hz, name, rss, drain = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+broker_ticks, sent = int(sys.argv[6]), float(sys.argv[7])
 r["server"] = name
 r["cpu_us_per_event"] = ticks / hz * 1e6 / max(r["requests"], 1)
+r["broker_cpu_us_per_event"] = broker_ticks / hz * 1e6 / max(r["accepted"], 1)
+r["sent_bytes_per_event"] = sent / max(r["accepted"], 1)
 r["peak_rss_mib"] = rss / 1024
 r["drain_s"] = drain
 r["sustained_per_second"] = r["accepted"] / (r["seconds"] + drain)
 r.setdefault("accepted_per_second", r["accepted"] / r["seconds"])
 print(json.dumps(r))' "$((after - before))" "$clk_tck" "$name" "$(peak_rss_kib "$pid")" \
-      "$(python3 -c "print(float('$ended') - float('$started'))")"
+      "$(python3 -c "print(float('$ended') - float('$started'))")" \
+      "$((broker_after - broker_before))" "$(python3 -c "print(float('${sent_after:-0}') - float('${sent_before:-0}'))")"
   done
 }
 
-# The bridge.
+# The bridge (with its defaults; COMPRESSION sets KAFKA_COMPRESSION_TYPE for both modes).
+export KAFKA_STATISTICS_INTERVAL_MS=1000
+[ -z "${COMPRESSION:-}" ] || export KAFKA_COMPRESSION_TYPE="$COMPRESSION"
 KAFKA_BOOTSTRAP_SERVERS="$BROKER_ADDR" BRIDGE_AUTH_TOKENS="$TOKEN" \
 BRIDGE_LISTEN_ADDR=127.0.0.1:18080 BRIDGE_ADMIN_ADDR=127.0.0.1:19090 \
 BRIDGE_SHUTDOWN_DELAY_MS=0 RUST_LOG=warn target/release/omnichat-bridge 2>"$out/bridge.log" &
 bridge=$!
 wait_for http://127.0.0.1:19090/readyz
 rm -f "$LOADGEN_RECEIPTS"
-drive bridge "$bridge" http://127.0.0.1:18080/webhooks/omnichat > "$out/bridge.jsonl"
+drive bridge "$bridge" http://127.0.0.1:18080/webhooks/omnichat "" http://127.0.0.1:19090/metrics > "$out/bridge.jsonl"
 kill -TERM "$bridge"; wait "$bridge"
 
 # The bridge in spool mode, on a fresh spool.
@@ -101,7 +126,7 @@ BRIDGE_LISTEN_ADDR=127.0.0.1:18080 BRIDGE_ADMIN_ADDR=127.0.0.1:19090 \
 BRIDGE_SHUTDOWN_DELAY_MS=0 RUST_LOG=warn target/release/omnichat-bridge 2>"$out/spool.log" &
 bridge=$!
 wait_for http://127.0.0.1:19090/readyz
-drive spool "$bridge" http://127.0.0.1:18080/webhooks/omnichat http://127.0.0.1:19090/readyz > "$out/spool.jsonl"
+drive spool "$bridge" http://127.0.0.1:18080/webhooks/omnichat http://127.0.0.1:19090/readyz http://127.0.0.1:19090/metrics > "$out/spool.jsonl"
 kill -TERM "$bridge"; wait "$bridge"
 stored=$("$loadgen" verify "$BROKER_ADDR" "$(IFS=,; echo "${topics[*]}")" "$LOADGEN_RECEIPTS")
 unset LOADGEN_RECEIPTS
@@ -114,11 +139,14 @@ drive floor "$floor" http://127.0.0.1:18081/webhooks/omnichat > "$out/floor.json
 kill "$floor"; wait "$floor" 2>/dev/null || true
 
 # The floor with Kafka, last: its records are not the bridge's, so they come after the check.
-FLOOR_ADDR=127.0.0.1:18082 KAFKA_BOOTSTRAP_SERVERS="$BROKER_ADDR" target/release/examples/floor_kafka &
+# The floor with Kafka sends uncompressed unless FLOOR_COMPRESSION says otherwise.
+unset KAFKA_COMPRESSION_TYPE
+FLOOR_ADDR=127.0.0.1:18082 KAFKA_BOOTSTRAP_SERVERS="$BROKER_ADDR" \
+  KAFKA_COMPRESSION_TYPE="${FLOOR_COMPRESSION:-none}" target/release/examples/floor_kafka &
 floor_kafka=$!
 wait_for_any() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
 wait_for_any http://127.0.0.1:18082/
-drive floor_kafka "$floor_kafka" http://127.0.0.1:18082/webhooks/omnichat > "$out/floor_kafka.jsonl"
+drive floor_kafka "$floor_kafka" http://127.0.0.1:18082/webhooks/omnichat "" http://127.0.0.1:18082/stats > "$out/floor_kafka.jsonl"
 kill "$floor_kafka"; wait "$floor_kafka" 2>/dev/null || true
 
 python3 - "$out/bridge.jsonl" "$out/spool.jsonl" "$out/floor.jsonl" "$stored" "$out/floor_kafka.jsonl" <<'PY'
@@ -130,11 +158,12 @@ floor_kafka = load(sys.argv[5])
 rows = [("accepted/s", "accepted_per_second", "{:,.0f}"), ("sustained/s", "sustained_per_second", "{:,.0f}"),
         ("p50 ms", "p50_ms", "{:.2f}"), ("p99 ms", "p99_ms", "{:.2f}"), ("p99.9 ms", "p999_ms", "{:.2f}"),
         ("max ms", "max_ms", "{:.1f}"), ("CPU us/event", "cpu_us_per_event", "{:.1f}"),
-        ("peak RSS MiB", "peak_rss_mib", "{:.1f}")]
+        ("peak RSS MiB", "peak_rss_mib", "{:.1f}"),
+        ("broker CPU us/ev", "broker_cpu_us_per_event", "{:.1f}"), ("bytes to Kafka/ev", "sent_bytes_per_event", "{:.0f}")]
 titles = {"closed": "closed loop, the realistic mix (256 connections)",
           "open": "open loop, the realistic mix (fixed rate)",
           "wrk": "wrk, one fixed 700-byte message (256 connections)"}
-for mode in ("closed", "open", "wrk"):
+for mode in [m for m in ("closed", "open", "wrk") if m in kafka]:
     print(f"\n{titles[mode]}")
     print(f"  {'':14} {'kafka':>10} {'spool':>10} {'floor':>10} {'fl+kafka':>10} {'kafka/fl':>9} {'spool/fl':>9} {'kafka/fl+k':>10}")
     for label, key, fmt in rows:
@@ -153,7 +182,7 @@ for mode in ("closed", "open", "wrk"):
 json.dump({"kafka": kafka, "spool": spool, "floor": floor, "floor_kafka": floor_kafka, "verify": verify},
           open(sys.argv[1].rsplit("/", 1)[0] + "/summary.json", "w"))
 accepted = sum(r["accepted"] for runs in (kafka, spool) for m, r in runs.items() if m != "wrk")
-wrk_accepted = kafka["wrk"]["accepted"] + spool["wrk"]["accepted"]
+wrk_accepted = sum(runs["wrk"]["accepted"] for runs in (kafka, spool) if "wrk" in runs)
 print(f"wrk: 2xx answered by the bridge {wrk_accepted}; distinct wrk events read back {verify['wrk_events']}")
 if verify["wrk_events"] < wrk_accepted:
     print("FAIL: the wrk load got 202s for events that are not in Kafka")

@@ -243,6 +243,12 @@ async fn closed(
 ) -> serde_json::Value {
     let bodies = Arc::new(bodies());
     let next = Arc::new(AtomicUsize::new(0));
+    // LOADGEN_MAX_REQUESTS ends the run early once that many requests were sent (a backlog of
+    // a given size).
+    let max_requests = std::env::var("LOADGEN_MAX_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
     let client = client(connections);
     let started = Instant::now();
     let deadline = started + duration;
@@ -258,7 +264,11 @@ async fn closed(
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             while Instant::now() < deadline {
-                let body = body(&bodies, next.fetch_add(1, Ordering::Relaxed));
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= max_requests {
+                    break;
+                }
+                let body = body(&bodies, n);
                 let sent = Instant::now();
                 let (status, receipt) = send(&client, &url, &token, body).await;
                 tally.latencies_us.push(sent.elapsed().as_micros() as u64);

@@ -98,6 +98,15 @@ impl Backend {
         }
     }
 
+    /// Bytes sent to Kafka since start (librdkafka's statistics, every `statistics.interval.ms`).
+    pub fn sent_bytes(&self) -> u64 {
+        match self {
+            Backend::Kafka(kafka) => kafka.sent_bytes(),
+            Backend::Spool(spool) => spool.sent_bytes(),
+            Backend::Custom { .. } => 0,
+        }
+    }
+
     /// Records taken but not yet stored, and how many may wait at once. The spool's bound is
     /// its size, which readiness checks itself.
     pub fn queue(&self) -> QueueDepth {

@@ -357,6 +357,11 @@ impl Spool {
         }
     }
 
+    /// Bytes the forwarder's producer sent to Kafka since start.
+    pub fn sent_bytes(&self) -> u64 {
+        self.kafka.sent_bytes()
+    }
+
     /// What holds the spool up, raised by its writer and forwarder.
     pub fn conditions(&self) -> Arc<Conditions> {
         self.shared.conditions.clone()

@@ -362,6 +362,7 @@ async fn probe_kafka(
         }
         let queue = backend.queue();
         metrics.queue_depth.set(queue.waiting as i64);
+        metrics.observe_sent_bytes(backend.sent_bytes());
         let queue_full = queue.limit > 0 && queue.waiting >= queue.limit * 9 / 10;
         health.set_queue_full(queue_full);
         conditions.set(

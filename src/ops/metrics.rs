@@ -66,6 +66,8 @@ pub struct Metrics {
     pub kafka_up: Gauge,
     /// 1 while `/readyz` answers 200, else 0: what a dashboard and a flapping alert read.
     pub ready: Gauge,
+    /// Bytes sent to Kafka, as librdkafka's statistics report them.
+    kafka_sent_bytes: Counter,
     spool: Option<SpoolMetrics>,
     conditions: std::sync::Arc<Conditions>,
     condition_starts: Family<ConditionLabels, Counter>,
@@ -100,6 +102,10 @@ const LATENCY_BUCKETS: [f64; 14] = [
 
 /// Every metric's name (after the `omnichat_bridge_` prefix) and help, in one table.
 const HELP: &[(&str, &str)] = &[
+    (
+        "kafka_sent_bytes",
+        "Bytes sent to the Kafka brokers, compression included (librdkafka's statistics, every statistics.interval.ms)",
+    ),
     (
         "spool_records",
         "Records accepted into the spool and not yet acknowledged by Kafka",
@@ -264,6 +270,7 @@ impl Metrics {
         let in_flight = add(r, "in_flight_requests", Gauge::default());
         let queue_depth = add(r, "producer_queue_depth", Gauge::default());
         let kafka_up = add(r, "kafka_up", Gauge::default());
+        let kafka_sent_bytes = add(r, "kafka_sent_bytes", Counter::default());
         let ready = add(r, "ready", Gauge::default());
         let version = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
         r.register("build", "Build information", version);
@@ -283,11 +290,18 @@ impl Metrics {
             queue_depth,
             kafka_up,
             ready,
+            kafka_sent_bytes,
             spool,
             conditions,
             condition_starts,
             condition_active,
         }
+    }
+
+    /// The bytes sent to Kafka so far, as the producer counts them.
+    pub fn observe_sent_bytes(&self, total: u64) {
+        self.kafka_sent_bytes
+            .inc_by(total.saturating_sub(self.kafka_sent_bytes.get()));
     }
 
     /// Brings the condition series up to date with the conditions themselves.

@@ -414,6 +414,11 @@ impl KafkaPublisher {
         lock(&self.inner.broken).clone()
     }
 
+    /// Bytes sent to the brokers since start, as librdkafka's statistics last reported them.
+    pub fn sent_bytes(&self) -> u64 {
+        self.inner.reports.sent_bytes.load(Ordering::Relaxed)
+    }
+
     /// Records taken but not yet acknowledged, and how many may wait at once.
     pub fn queue(&self) -> QueueDepth {
         QueueDepth {

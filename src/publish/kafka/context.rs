@@ -33,6 +33,11 @@ pub(super) struct Reports {
     /// Records not delivered; the forwarder watches it to learn that a generation failed
     /// anywhere in its window, not only at its oldest record.
     pub(super) failed: tokio::sync::watch::Sender<u64>,
+    /// Bytes sent to the brokers, over every producer generation (librdkafka's statistics).
+    pub(super) sent_bytes: AtomicU64,
+    /// The producer handle that reported last, and its count then: a new generation counts
+    /// from zero again.
+    last_sent: std::sync::Mutex<(String, u64)>,
 }
 
 impl Default for Reports {
@@ -40,6 +45,8 @@ impl Default for Reports {
         Self {
             acknowledged: AtomicU64::new(0),
             failed: tokio::sync::watch::channel(0).0,
+            sent_bytes: AtomicU64::new(0),
+            last_sent: std::sync::Mutex::new((String::new(), 0)),
         }
     }
 }
@@ -53,7 +60,32 @@ pub struct BridgeContext {
     pub(super) reports: Arc<Reports>,
 }
 
+/// The part of librdkafka's statistics the bridge reads.
+#[derive(serde::Deserialize)]
+struct Sent {
+    name: String,
+    tx_bytes: u64,
+}
+
+impl Reports {
+    fn count_sent(&self, sent: Sent) {
+        let mut last = crate::locks::lock(&self.last_sent);
+        let before = if last.0 == sent.name { last.1 } else { 0 };
+        self.sent_bytes
+            .fetch_add(sent.tx_bytes.saturating_sub(before), Ordering::Relaxed);
+        *last = (sent.name, sent.tx_bytes);
+    }
+}
+
 impl ClientContext for BridgeContext {
+    /// Only the bytes sent are read (`statistics.interval.ms`, 10 s by default): what managed
+    /// Kafka bills for.
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Ok(sent) = serde_json::from_slice::<Sent>(statistics) {
+            self.reports.count_sent(sent);
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
@@ -99,3 +131,23 @@ impl ProducerContext for BridgeContext {
 }
 
 pub type KafkaProducer = ThreadedProducer<BridgeContext>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_sent_add_up_over_producer_generations() {
+        let reports = Reports::default();
+        let sent = |name: &str, tx_bytes| Sent {
+            name: name.to_owned(),
+            tx_bytes,
+        };
+        reports.count_sent(sent("producer-1", 100));
+        reports.count_sent(sent("producer-1", 250));
+        // A replacement: the new producer counts from zero.
+        reports.count_sent(sent("producer-2", 40));
+        reports.count_sent(sent("producer-2", 60));
+        assert_eq!(reports.sent_bytes.load(Ordering::Relaxed), 310);
+    }
+}

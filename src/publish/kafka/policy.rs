@@ -48,6 +48,8 @@ fn owned(publish_timeout: Duration) -> ClientConfig {
             publish_timeout.as_millis().to_string(),
         )
         .set("linger.ms", "2")
+        // How often librdkafka reports the bytes it sent (a metric): cheap, and off otherwise.
+        .set("statistics.interval.ms", "10000")
         // librdkafka's default backoff doubles to 10 s, which after a 5 s outage kept the
         // bridge answering 503 for another 6 s. Capped at 1 s, it is back within about a
         // second, at the cost of one connection attempt per broker per second meanwhile.
