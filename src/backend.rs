@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::publish::kafka::{KafkaPublisher, KafkaUnusable, ProducerBroken};
 use crate::publish::{PublishError, Publisher, QueueDepth};
 use crate::spool::{self, Spool, SpoolFatal, SpoolStatus};
+use rdkafka::error::KafkaError;
 
 /// Why the backend cannot go on without a restart: liveness fails on it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,7 +32,7 @@ pub enum Unflushed {
 }
 
 /// Kafka's state as a stand-in backend reports it.
-pub type KafkaProbe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type KafkaProbe = Arc<dyn Fn() -> Result<(), KafkaError> + Send + Sync>;
 
 /// The backend a bridge runs on.
 #[derive(Clone)]

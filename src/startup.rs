@@ -354,7 +354,7 @@ async fn probe_kafka(
             probe_backend.probe(&names, PROBE_TIMEOUT)
         })
         .await
-        .unwrap_or_else(|e| Err(KafkaUnusable::Unreachable(e.to_string())));
+        .unwrap_or(Err(KafkaUnusable::ProbeLost));
         metrics.kafka_up.set(i64::from(verdict.is_ok()));
         if let Some(reason) = backend.fatal_error().filter(|_| health.liveness().is_ok()) {
             tracing::error!(reason = %reason, "Liveness now fails");
@@ -398,7 +398,9 @@ fn note_kafka(
     conditions: &Conditions,
 ) {
     let (unreachable, missing) = match verdict {
-        Err(KafkaUnusable::Unreachable(reason)) => (Some(reason.clone()), None),
+        Err(unreachable @ (KafkaUnusable::Unreachable(_) | KafkaUnusable::ProbeLost)) => {
+            (Some(unreachable.to_string()), None)
+        }
         Err(missing @ KafkaUnusable::TopicsMissing(_)) => (None, Some(missing.to_string())),
         _ => (None, None),
     };

@@ -1,5 +1,10 @@
 use super::*;
 use crate::conditions::{Condition, Conditions};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+fn timed_out() -> KafkaError {
+    KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
+}
 
 #[test]
 fn a_run_gives_up_only_once_nothing_has_moved_for_the_whole_bound() {
@@ -16,7 +21,9 @@ fn a_run_gives_up_only_once_nothing_has_moved_for_the_whole_bound() {
 
 #[test]
 fn a_stall_is_named_by_kafkas_state_first_then_by_what_the_forwarder_saw() {
-    let unreachable = KafkaUnusable::Unreachable("Local: Broker transport failure".into());
+    let unreachable = KafkaUnusable::Unreachable(KafkaError::MetadataFetch(
+        RDKafkaErrorCode::BrokerTransportFailure,
+    ));
     let held = SpoolStatus {
         forward_error: Some("Broker: Topic authorization failed".into()),
         ..SpoolStatus::default()
@@ -44,11 +51,14 @@ fn a_stall_is_named_by_kafkas_state_first_then_by_what_the_forwarder_saw() {
 fn the_give_up_line_says_how_long_and_why() {
     let stopped = StoppedEarly::GaveUp {
         after: Duration::from_secs(30),
-        why: Stalled::Kafka(KafkaUnusable::Unreachable("timed out".into())),
+        why: Stalled::Kafka(KafkaUnusable::Unreachable(timed_out())),
     };
     assert_eq!(
         stopped.to_string(),
-        "Kafka took no record for 30 s (--give-up-after): Kafka is not reachable: timed out"
+        format!(
+            "Kafka took no record for 30 s (--give-up-after): Kafka is not reachable: {}",
+            timed_out()
+        )
     );
 }
 
@@ -79,10 +89,13 @@ fn progress_names_kafkas_state_and_a_stall() {
         progress(&summary, &None, Duration::ZERO),
         "drain: 10 forwarded, 0 set aside, 90 left; Kafka not probed yet"
     );
-    let unreachable = Some(Err(KafkaUnusable::Unreachable("timed out".into())));
+    let unreachable = Some(Err(KafkaUnusable::Unreachable(timed_out())));
     assert_eq!(
         progress(&summary, &unreachable, Duration::from_secs(12)),
-        "drain: 10 forwarded, 0 set aside, 90 left; Kafka is not reachable: timed out; \
-         nothing taken for 12 s"
+        format!(
+            "drain: 10 forwarded, 0 set aside, 90 left; Kafka is not reachable: {}; \
+             nothing taken for 12 s",
+            timed_out()
+        )
     );
 }

@@ -43,7 +43,9 @@ impl NotReady {
             NotReady::VolumeStalled { .. } => "volume_stalled",
             NotReady::QueueFull => "queue_full",
             NotReady::NotProbed => "not_probed",
-            NotReady::Kafka(KafkaUnusable::Unreachable(_)) => "kafka_unreachable",
+            NotReady::Kafka(KafkaUnusable::Unreachable(_) | KafkaUnusable::ProbeLost) => {
+                "kafka_unreachable"
+            }
             NotReady::Kafka(KafkaUnusable::TopicsMissing(_)) => "topics_missing",
             NotReady::Kafka(KafkaUnusable::Replacing) => "producer_replacing",
         }
@@ -220,6 +222,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
     #[test]
     fn ready_only_when_kafka_is_probed_usable_and_not_draining() {
@@ -260,11 +263,18 @@ mod tests {
             Arc::default(),
         );
         assert_eq!(health.readiness(), Ok(()), "no need to wait for Kafka");
-        health.set_kafka(Err(KafkaUnusable::Unreachable("all brokers down".into())));
+        health.set_kafka(Err(KafkaUnusable::Unreachable(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::AllBrokersDown,
+        ))));
         assert_eq!(health.readiness(), Ok(()));
         let details = health.details().expect("spool details");
         assert_eq!(details["mode"], "spool");
-        assert_eq!(details["kafka"], "Kafka is not reachable: all brokers down");
+        assert!(
+            details["kafka"]
+                .as_str()
+                .is_some_and(|k| k.contains("All broker connections are down")),
+            "{details}"
+        );
         status.lock().expect("status").has_room = false;
         let full = health.readiness().expect_err("full");
         assert_eq!(full.code(), "spool_full");

@@ -48,7 +48,10 @@ const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KafkaUnusable {
     #[error("Kafka is not reachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] KafkaError),
+    /// The probe's task ended before Kafka answered (it panicked, or the runtime is stopping).
+    #[error("Kafka is not reachable: the probe stopped before it answered")]
+    ProbeLost,
     #[error("topics do not exist: {}", .0.join(", "))]
     TopicsMissing(Vec<String>),
     #[error("the Kafka producer is being replaced")]
@@ -370,7 +373,7 @@ impl KafkaPublisher {
             .producer
             .client()
             .fetch_metadata(None, timeout)
-            .map_err(|error| KafkaUnusable::Unreachable(error.to_string()))?;
+            .map_err(KafkaUnusable::Unreachable)?;
         drop(current);
         let missing: Vec<String> = topics
             .iter()

@@ -1,6 +1,7 @@
 //! The admin port: liveness, readiness with its stable codes, metrics.
 
 use crate::app::*;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 #[tokio::test]
 async fn the_admin_port_reports_health_readiness_and_metrics() {
@@ -29,14 +30,15 @@ async fn readiness_follows_kafka_with_a_stable_code_and_liveness_does_not() {
     let app = spawn(&[]).await;
     let ready = app.wait_readiness(200).await;
     assert_eq!(ready["status"], "ready");
-    *app.kafka.lock().expect("kafka") = Err("Kafka is not reachable: all brokers down".into());
+    *app.kafka.lock().expect("kafka") =
+        Err(KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown));
     let body = app.wait_readiness(503).await;
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["code"], "kafka_unreachable");
     assert!(
         body["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("all brokers down")),
+            .is_some_and(|r| r.contains("All broker connections are down")),
         "{body}"
     );
     assert_eq!(

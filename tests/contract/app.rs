@@ -9,6 +9,7 @@ use omnichat_bridge::backend::Backend;
 use omnichat_bridge::config::Settings;
 use omnichat_bridge::publish::{PublishError, PublishFuture, Publisher, Record, Stored};
 use omnichat_bridge::startup::Application;
+use rdkafka::error::KafkaError;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -119,7 +120,7 @@ pub struct ContractApp {
     pub client: reqwest::Client,
     pub recorder: Arc<Recorder>,
     /// What the Kafka probe reports.
-    pub kafka: Arc<Mutex<Result<(), String>>>,
+    pub kafka: Arc<Mutex<Result<(), KafkaError>>>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -183,7 +184,7 @@ pub async fn spawn_real(overrides: &[(&str, &str)]) -> ContractApp {
 fn start(
     app: Application,
     recorder: Arc<Recorder>,
-    kafka: Arc<Mutex<Result<(), String>>>,
+    kafka: Arc<Mutex<Result<(), KafkaError>>>,
 ) -> ContractApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let admin_address = format!("http://127.0.0.1:{}", app.admin_port());

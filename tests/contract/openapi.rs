@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use omnichat_bridge::publish::PublishError;
 use omnichat_bridge::publish::refusal::Refused;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::app::*;
 
@@ -123,7 +123,8 @@ async fn the_unavailable_answers_match_the_openapi_document() {
     app.recorder.script([Answer::Fail(PublishError::Timeout(
         std::time::Duration::from_millis(500),
     ))]);
-    *app.kafka.lock().expect("kafka") = Err("Kafka is not reachable".into());
+    *app.kafka.lock().expect("kafka") =
+        Err(KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown));
     let body = assert_documented("/webhooks/omnichat", "post", app.post(SEED).await).await;
     assert_eq!(body["error"]["code"], "publish_timeout");
     app.wait_readiness(503).await;
