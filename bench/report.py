@@ -17,7 +17,11 @@ def fig(server, mode, key):
 
 
 def ratio(a, b, mode, key):
-    return median(r[a][mode][key] / r[b][mode][key] for r in runs if r[b][mode][key])
+    """The median of the per-run ratios; NaN where the base has none (the HTTP floor's broker)."""
+    ratios = [r[a][mode][key] / r[b][mode][key] for r in runs if r[b][mode][key]]
+    if b == "floor" and key in ("broker_cpu_us_per_event", "sent_bytes_per_event"):
+        return math.nan
+    return median(ratios) if ratios else math.nan
 
 
 print(f"medians of {len(runs)} runs")
