@@ -5,7 +5,7 @@
 //! | class | librdkafka errors | what the bridge does |
 //! |---|---|---|
 //! | [`Verdict::Poison`]: the record itself is refused for good | `MSG_SIZE_TOO_LARGE`, `INVALID_MSG_SIZE`, `MSG_BATCH_TOO_LARGE`, `INVALID_TIMESTAMP`, `UNSUPPORTED_FOR_MESSAGE_FORMAT`, `POLICY_VIOLATION`, `INVALID_RECORD` | kafka mode: dead-lettered, a 4xx (413 for size); spool mode: sent once more on its own, then set aside |
-//! | [`Verdict::Operator`]: an operator must fix something | `TOPIC_AUTHORIZATION_FAILED`, `CLUSTER_AUTHORIZATION_FAILED`, `UNKNOWN_TOPIC_OR_PART`, `_UNKNOWN_TOPIC`, `_UNKNOWN_PARTITION`, `INVALID_TOPIC`, `SASL_AUTHENTICATION_FAILED`, `_AUTHENTICATION` | kafka mode: 503; spool mode: the record stays at the head, retried with backoff, named in readiness |
+//! | [`Verdict::Operator`]: an operator must fix something | `TOPIC_AUTHORIZATION_FAILED`, `CLUSTER_AUTHORIZATION_FAILED`, `UNKNOWN_TOPIC_OR_PART`, `_UNKNOWN_TOPIC`, `_UNKNOWN_PARTITION`, `INVALID_TOPIC`, `SASL_AUTHENTICATION_FAILED`, `_AUTHENTICATION`, `UNSUPPORTED_COMPRESSION_TYPE` (a broker that does not take the codec: set `KAFKA_COMPRESSION_TYPE`) | kafka mode: 503; spool mode: the record stays at the head, retried with backoff, named in readiness |
 //! | [`Verdict::Retry`]: anything else (the producer died, was fenced or purged; the network) | `_FATAL`, `_GAPLESS_GUARANTEE`, `_PURGE_QUEUE`, `_PURGE_INFLIGHT`, `OUT_OF_ORDER_SEQUENCE_NUMBER`, `CORRUPT_MESSAGE` (librdkafka's `INVALID_MSG`: a checksum that failed on the way, which Kafka marks retriable), timeouts, … | kafka mode: 503; spool mode: a new producer sends it again |
 //!
 //! Poison is decided by the record's content, so sending it again cannot help; a refusal an
@@ -55,7 +55,8 @@ impl Refused {
             | UnknownPartition
             | InvalidTopic
             | SaslAuthenticationFailed
-            | Authentication => Verdict::Operator,
+            | Authentication
+            | UnsupportedCompressionType => Verdict::Operator,
             _ => Verdict::Retry,
         }
     }
@@ -119,6 +120,12 @@ mod tests {
         assert_eq!(verdict(RDKafkaErrorCode::Fatal), Verdict::Retry);
         // CORRUPT_MESSAGE: a bit flipped on the way, which Kafka marks retriable.
         assert_eq!(verdict(RDKafkaErrorCode::InvalidMessage), Verdict::Retry);
+        // A broker that does not take the codec (lz4 is the default): sending again cannot help
+        // until an operator sets KAFKA_COMPRESSION_TYPE, so readiness must name it.
+        assert_eq!(
+            verdict(RDKafkaErrorCode::UnsupportedCompressionType),
+            Verdict::Operator
+        );
     }
 
     #[test]
