@@ -92,6 +92,44 @@ fn recovery_makes_the_tail_it_keeps_durable_before_sealing_it() {
     }
 }
 
+/// A batch that runs out of space part way: the segment is cut back to its last whole frame and
+/// sealed, and the next append starts a new one. A power loss after that must not bring the
+/// cut-off tail back in a segment that is no longer the newest, or every later start is refused.
+#[test]
+fn a_segment_sealed_on_a_full_volume_stays_whole_through_a_power_loss() {
+    for seed in 1..9 {
+        let volume = FaultFs::mount();
+        let dir = volume.path().join("spool");
+        drop(recover(&dir, OnDamage::Refuse).expect("created"));
+        let mut writer = SegmentWriter::new(&dir, 0, 16 << 20);
+        writer.append(&encode(&spooled(0), 0)).expect("fsynced");
+        // A batch of 4 MiB reaches the filesystem in several writes (at most 1 MiB each); the
+        // volume takes one.
+        let mut batch = Vec::new();
+        let mut n = 1;
+        while batch.len() < 4 << 20 {
+            let mut record = spooled(n);
+            record.value = vec![b'x'; 4000];
+            batch.extend_from_slice(&encode(&record, n));
+            n += 1;
+        }
+        volume.set_capacity(Some(volume.used() + (3 << 19)));
+        assert!(
+            writer.append(&batch).is_err(),
+            "seed {seed}: the volume was full"
+        );
+        volume.set_capacity(None);
+        writer.append(&encode(&spooled(n), n)).expect("fsynced");
+        drop(writer);
+
+        let volume = FaultFs::mount_image(volume.power_loss(PowerLoss::TornPrefix, seed));
+        let recovered = recover(&dir, OnDamage::Refuse)
+            .unwrap_or_else(|error| panic!("seed {seed}: start refused: {error}"));
+        assert_eq!(recovered.records, 2, "seed {seed}");
+        drop((recovered, volume));
+    }
+}
+
 /// Spool mode on `dir` with a short shutdown, since Kafka is often away here.
 fn spool_on(dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut vars = spool_vars(dir);

@@ -104,8 +104,10 @@ impl SegmentWriter {
             return Err(AppendError::Io(io::Error::other("no segment open")));
         };
         if let Err(error) = file.write_all_at(frames, self.len) {
-            // Part of the batch may be on disk; cut it so the segment ends at its last frame.
-            let cut = file.set_len(self.len);
+            // Part of the batch may be on disk; cut it so the segment ends at its last frame,
+            // durably: once sealed it is no longer the newest segment, where recovery would cut
+            // a torn tail, and a power loss must not bring the tail back.
+            let cut = file.set_len(self.len).and_then(|()| file.sync_data());
             return Err(match (is_no_space(&error), cut) {
                 (true, Ok(())) if next.is_some() => {
                     // A segment made for this batch holds only its header: it goes, uncounted
