@@ -35,9 +35,9 @@ pub(super) struct Reports {
     pub(super) failed: tokio::sync::watch::Sender<u64>,
     /// Bytes sent to the brokers, over every producer generation (librdkafka's statistics).
     pub(super) sent_bytes: AtomicU64,
-    /// The producer handle that reported last, and its count then: a new generation counts
-    /// from zero again.
-    last_sent: std::sync::Mutex<(String, u64)>,
+    /// The last producer handles that reported, each with its count then: a new generation
+    /// counts from zero again, and an old one may still report while its records resolve.
+    last_sent: std::sync::Mutex<std::collections::VecDeque<(String, u64)>>,
 }
 
 impl Default for Reports {
@@ -46,7 +46,7 @@ impl Default for Reports {
             acknowledged: AtomicU64::new(0),
             failed: tokio::sync::watch::channel(0).0,
             sent_bytes: AtomicU64::new(0),
-            last_sent: std::sync::Mutex::new((String::new(), 0)),
+            last_sent: std::sync::Mutex::default(),
         }
     }
 }
@@ -67,13 +67,24 @@ struct Sent {
     tx_bytes: u64,
 }
 
+/// How many producer handles' counts are kept: the current one and those still resolving.
+const PRODUCERS_REMEMBERED: usize = 4;
+
 impl Reports {
     fn count_sent(&self, sent: Sent) {
         let mut last = crate::locks::lock(&self.last_sent);
-        let before = if last.0 == sent.name { last.1 } else { 0 };
+        let before = match last.iter_mut().find(|(name, _)| *name == sent.name) {
+            Some((_, count)) => std::mem::replace(count, sent.tx_bytes),
+            None => {
+                if last.len() == PRODUCERS_REMEMBERED {
+                    last.pop_front();
+                }
+                last.push_back((sent.name, sent.tx_bytes));
+                0
+            }
+        };
         self.sent_bytes
             .fetch_add(sent.tx_bytes.saturating_sub(before), Ordering::Relaxed);
-        *last = (sent.name, sent.tx_bytes);
     }
 }
 
@@ -149,5 +160,20 @@ mod tests {
         reports.count_sent(sent("producer-2", 40));
         reports.count_sent(sent("producer-2", 60));
         assert_eq!(reports.sent_bytes.load(Ordering::Relaxed), 310);
+    }
+
+    #[test]
+    fn an_old_producer_reporting_beside_its_replacement_is_not_counted_twice() {
+        let reports = Reports::default();
+        let sent = |name: &str, tx_bytes| Sent {
+            name: name.to_owned(),
+            tx_bytes,
+        };
+        reports.count_sent(sent("producer-1", 100));
+        // The old producer lives on while its records resolve, and both report.
+        reports.count_sent(sent("producer-2", 40));
+        reports.count_sent(sent("producer-1", 120));
+        reports.count_sent(sent("producer-2", 60));
+        assert_eq!(reports.sent_bytes.load(Ordering::Relaxed), 180);
     }
 }
