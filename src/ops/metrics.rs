@@ -448,15 +448,19 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_metric_has_its_help() {
-        let topics = crate::config::Topics {
+    fn topics() -> crate::config::Topics {
+        crate::config::Topics {
             messages: "m".into(),
             interactions: "i".into(),
             orders: "o".into(),
             other: "x".into(),
             deadletter: "d".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn every_metric_has_its_help() {
+        let topics = topics();
         let rendered = Metrics::new(&topics, true, Default::default()).render();
         let helps: Vec<&str> = rendered
             .lines()
@@ -470,13 +474,7 @@ mod tests {
 
     #[test]
     fn resources_and_events_a_sender_invents_share_one_bounded_label() {
-        let topics = crate::config::Topics {
-            messages: "m".into(),
-            interactions: "i".into(),
-            orders: "o".into(),
-            other: "x".into(),
-            deadletter: "d".into(),
-        };
+        let topics = topics();
         let metrics = Metrics::new(&topics, false, Default::default());
         let took = Duration::from_millis(1);
         metrics.observe_event("x", &Resource::Other("Seed".into()), &Action::Create, took);
