@@ -95,7 +95,10 @@ def load_running():
         return False
 first = ticks()
 samples = []
+give_up = time.time() + 600
 while True:
+    if time.time() > give_up:
+        sys.exit(f"the spool still held {samples[-1][1]} records 600 s after Kafka came back")
     spool = json.load(urllib.request.urlopen("http://127.0.0.1:19090/readyz", timeout=5))["spool"]
     samples.append((time.time() - started, spool["records"], spool["forwarded"], ticks() - first))
     if spool["records"] == 0 and not load_running():
