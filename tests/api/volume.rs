@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use omnichat_bridge::config::OnDamage;
 use omnichat_bridge::publish::{Header, Record};
-use omnichat_bridge::spool::segments::{SegmentWriter, encode, recover, segment_path};
+use omnichat_bridge::spool::segments::{AppendError, SegmentWriter, encode, recover, segment_path};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value;
 
@@ -114,13 +114,18 @@ fn a_segment_sealed_on_a_full_volume_stays_whole_through_a_power_loss() {
             n += 1;
         }
         volume.set_capacity(Some(volume.used() + (3 << 19)));
+        let full = writer.append(&batch);
         assert!(
-            writer.append(&batch).is_err(),
-            "seed {seed}: the volume was full"
+            matches!(full, Err(AppendError::NoSpace(_))),
+            "seed {seed}: {full:?}"
         );
         volume.set_capacity(None);
         writer.append(&encode(&spooled(n), n)).expect("fsynced");
         drop(writer);
+        assert!(
+            segment_path(&dir, 1).exists(),
+            "seed {seed}: the full segment was not sealed"
+        );
 
         let volume = FaultFs::mount_image(volume.power_loss(PowerLoss::TornPrefix, seed));
         let recovered = recover(&dir, OnDamage::Refuse)

@@ -104,27 +104,33 @@ impl SegmentWriter {
             return Err(AppendError::Io(io::Error::other("no segment open")));
         };
         if let Err(error) = file.write_all_at(frames, self.len) {
-            // Part of the batch may be on disk; cut it so the segment ends at its last frame,
-            // durably: once sealed it is no longer the newest segment, where recovery would cut
-            // a torn tail, and a power loss must not bring the tail back.
-            let cut = file.set_len(self.len).and_then(|()| file.sync_data());
-            return Err(match (is_no_space(&error), cut) {
-                (true, Ok(())) if next.is_some() => {
-                    // A segment made for this batch holds only its header: it goes, uncounted
-                    // as it is, and the next append makes it again.
-                    self.file = None;
-                    let _ = std::fs::remove_file(segment_path(&self.dir, self.segment));
-                    AppendError::NoSpace(error)
-                }
-                (true, Ok(())) => {
-                    // Sealed as it is: once forwarded it can be deleted, which frees the
-                    // space; the next append starts a new segment.
+            // Part of the batch may be on disk; cut it so the segment ends at its last frame.
+            if !is_no_space(&error) || file.set_len(self.len).is_err() {
+                return Err(AppendError::Io(error));
+            }
+            if next.is_some() {
+                // A segment made for this batch holds only its header: it goes, uncounted as it
+                // is, and the next append makes it again.
+                self.file = None;
+                let _ = std::fs::remove_file(segment_path(&self.dir, self.segment));
+                return Err(AppendError::NoSpace(error));
+            }
+            return Err(match file.sync_data() {
+                // Sealed only once the cut is durable: a sealed segment is no longer the newest,
+                // where recovery would cut a torn tail, so a power loss must not bring it back.
+                // Once forwarded it can be deleted, which frees the space; the next append
+                // starts a new segment.
+                Ok(()) => {
                     self.file = None;
                     self.segment += 1;
                     self.len = HEADER_LEN;
                     AppendError::NoSpace(error)
                 }
-                _ => AppendError::Io(error),
+                // The cut did not reach the disk for want of space (some volumes report that at
+                // fsync): the segment stays the newest, so recovery would cut its tail, and the
+                // next append writes over it.
+                Err(sync) if is_no_space(&sync) => AppendError::NoSpace(sync),
+                Err(sync) => AppendError::Io(sync),
             });
         }
         file.sync_data().map_err(AppendError::Io)?;
