@@ -122,8 +122,11 @@ PY
   kill "$broker"; wait "$broker" 2>/dev/null || true
 }
 
+# A catch-up that gave up prints nothing (bash does not stop a script inside $(...)).
 alone=$(catch_up 0)
+[ -n "$alone" ] || exit 1
 with_load=$(catch_up "$RATE")
+[ -n "$with_load" ] || exit 1
 python3 - "$kafka" "$alone" "$with_load" <<'PY'
 import json, sys
 kafka, alone, live = (json.loads(a) for a in sys.argv[1:4])
